@@ -1,0 +1,261 @@
+"""HookedViViT: the ViViT video classifier with a hook point on every activation.
+
+    model = HookedViViT.from_pretrained("google/vivit-b-16x2-kinetics400")   # or a local folder
+    logits, cache = model.run_with_cache(pixel_values)    # pixel_values [batch frames channels height width]
+    cache["blocks.5.attn.hook_z"]                          # [batch pos head d_head]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from vivit_lens.components import Embed, LayerNorm, PosEmbed, Resid, TransformerBlock
+from vivit_lens.config import ProcessorConfig, ViViTConfig
+from vivit_lens.hooks import HookedRootModule, HookPoint
+
+
+class InputError(ValueError):
+    """Input that the model cannot take; says what was expected and what came."""
+
+
+class Unembed(nn.Module):
+    """The classifier on the [CLS] token: `logits = resid[:, 0] @ W_U + b_U`."""
+
+    def __init__(self, cfg: ViViTConfig):
+        super().__init__()
+        self.W_U = nn.Parameter(torch.zeros(cfg.d_model, cfg.n_classes))
+        self.b_U = nn.Parameter(torch.zeros(cfg.n_classes))
+
+    def forward(self, cls_resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch n_classes"]:
+        return torch.nn.functional.linear(cls_resid, self.W_U.T, self.b_U)
+
+
+class HookedViViT(HookedRootModule):
+    """ViViT (joint space-time attention) with TransformerLens hook names.
+
+    Computes what transformers' `VivitForVideoClassification` computes (logits within 1e-5).
+    Hook names: `hook_embed`, `hook_pos_embed`, `blocks.{l}.hook_resid_pre`, `blocks.{l}.ln1.hook_scale`,
+    `blocks.{l}.attn.hook_{q,k,v,attn_scores,pattern,z,result}`, `blocks.{l}.hook_{q,k,v}_input`,
+    `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_resid_mid`, `blocks.{l}.hook_mlp_in`,
+    `blocks.{l}.mlp.hook_{pre,post}`, `blocks.{l}.hook_mlp_out`, `blocks.{l}.hook_resid_post`,
+    `ln_final.hook_{scale,normalized}`; `model.hook_names` lists them in order.
+    """
+
+    def __init__(self, cfg: ViViTConfig, processor: ProcessorConfig | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.processor = processor or ProcessorConfig(crop_size=cfg.image_size)
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint("batch pos d_model")
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_pos_embed = HookPoint("batch pos d_model")
+        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(cfg)
+        self.unembed = Unembed(cfg)
+        self.setup_hooks()
+        self.eval()
+
+    # Forward -------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Float[Tensor, "batch frames channels height width"] | Resid,
+        *,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        return_type: Literal["logits", "resid"] = "logits",
+    ) -> Float[Tensor, "batch n_classes"] | Resid:
+        """Logits `[batch n_classes]` for pixel values `[batch frames channels height width]`.
+
+        `start_at_layer=l`: `x` is the residual stream at `blocks.{l}.hook_resid_pre`
+        `[batch pos d_model]` (from a cache), and the run resumes there. `stop_at_layer=l`: return
+        the residual at `blocks.{l}.hook_resid_pre` instead of logits (`l = n_layers`: before
+        ln_final). `return_type="resid"`: return the final residual before ln_final.
+        """
+        n = self.cfg.n_layers
+        start = self._layer_arg(start_at_layer, 0, "start_at_layer")
+        stop = self._layer_arg(stop_at_layer, n, "stop_at_layer")
+        if start > stop:
+            raise ValueError(f"start_at_layer ({start}) is after stop_at_layer ({stop})")
+        if start_at_layer is None:
+            self._check_pixels(x)
+            pixels = x.to(self.unembed.W_U.dtype)
+            resid = self.hook_embed(self.embed(pixels)) + self.hook_pos_embed(self.pos_embed(x.shape[0]))
+        else:
+            self._check_resid(x)
+            resid = x
+        for block in self.blocks[start:stop]:
+            resid = block(resid)
+        if stop_at_layer is not None or return_type == "resid":
+            return resid
+        return self.unembed(self.ln_final(resid)[:, 0])
+
+    def _layer_arg(self, value: int | None, default: int, name: str) -> int:
+        if value is None:
+            return default
+        n = self.cfg.n_layers
+        if not isinstance(value, int) or not -n <= value <= n:
+            raise ValueError(f"{name} must be an int in [-{n}, {n}], got {value!r}")
+        return value % n if value < 0 else value
+
+    def _check_pixels(self, x: Tensor) -> None:
+        cfg = self.cfg
+        expected = (cfg.num_frames, cfg.num_channels, *cfg.image_size)
+        axes = ("frames", "channels", "height", "width")
+        want = ", ".join(f"{a}={e}" for a, e in zip(axes, expected))
+        if not isinstance(x, Tensor):
+            raise InputError(f"pixel_values must be a torch.Tensor [batch, {want}], got {type(x).__name__}")
+        if x.ndim != 5:
+            hint = " (add a batch axis with x.unsqueeze(0))" if x.ndim == 4 else ""
+            raise InputError(f"pixel_values must have 5 axes [batch, {want}], got shape {tuple(x.shape)}{hint}")
+        wrong = [f"{a} {g} != {e}" for a, g, e in zip(axes, x.shape[1:], expected) if g != e]
+        if wrong:
+            raise InputError(
+                f"pixel_values must be [batch, {want}], got shape {tuple(x.shape)} ({'; '.join(wrong)})"
+            )
+        if not x.is_floating_point():
+            raise InputError(
+                f"pixel_values must be a float tensor of preprocessed pixels, got {x.dtype}; "
+                "use vivit_lens.video.preprocess on uint8 frames"
+            )
+
+    def _check_resid(self, x: Tensor) -> None:
+        want = (self.cfg.n_pos, self.cfg.d_model)
+        if not isinstance(x, Tensor) or x.ndim != 3 or tuple(x.shape[1:]) != want:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise InputError(
+                f"with start_at_layer, the input must be a residual stream [batch, pos={want[0]}, "
+                f"d_model={want[1]}], got {got}"
+            )
+
+    # TransformerLens-style weights ---------------------------------------------------------------
+    def _stack(self, get) -> Tensor:
+        return torch.stack([get(block) for block in self.blocks])
+
+    @property
+    def W_Q(self) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_Q)
+
+    @property
+    def W_K(self) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_K)
+
+    @property
+    def W_V(self) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_V)
+
+    @property
+    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
+        return self._stack(lambda b: b.attn.W_O)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "layer head d_head"]:
+        return self._stack(lambda b: b.attn.b_Q)
+
+    @property
+    def b_K(self) -> Float[Tensor, "layer head d_head"]:
+        return self._stack(lambda b: b.attn.b_K)
+
+    @property
+    def b_V(self) -> Float[Tensor, "layer head d_head"]:
+        return self._stack(lambda b: b.attn.b_V)
+
+    @property
+    def b_O(self) -> Float[Tensor, "layer d_model"]:
+        return self._stack(lambda b: b.attn.b_O)
+
+    @property
+    def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:
+        return self._stack(lambda b: b.mlp.W_in)
+
+    @property
+    def b_in(self) -> Float[Tensor, "layer d_mlp"]:
+        return self._stack(lambda b: b.mlp.b_in)
+
+    @property
+    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
+        return self._stack(lambda b: b.mlp.W_out)
+
+    @property
+    def b_out(self) -> Float[Tensor, "layer d_model"]:
+        return self._stack(lambda b: b.mlp.b_out)
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model n_classes"]:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, "n_classes"]:
+        return self.unembed.b_U
+
+    @property
+    def W_pos(self) -> Float[Tensor, "pos d_model"]:
+        return self.pos_embed.W_pos
+
+    # Video-aware helpers -------------------------------------------------------------------------
+    @property
+    def grid(self):
+        """The token grid: token position <-> (frame, row, column) and pixel boxes."""
+        from vivit_lens.grid import TokenGrid
+
+        return TokenGrid(self.cfg)
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return self.cfg.id2label
+
+    def label_id(self, label: int | str) -> int:
+        """The class index of a label name or index, with a clear error for unknown ones."""
+        if isinstance(label, int) and 0 <= label < self.cfg.n_classes:
+            return label
+        if isinstance(label, str) and label in self.cfg.label2id:
+            return self.cfg.label2id[label]
+        raise KeyError(f"class {label!r} is not one of the model's {self.cfg.n_classes} classes")
+
+    # Loading and saving --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> HookedViViT:
+        """Load a ViViT checkpoint: a local folder (HF or vivit_lens layout) or a Hugging Face hub id."""
+        from vivit_lens import loading
+
+        files = loading.resolve(name_or_path, revision=revision, cache_dir=cache_dir)
+        cfg = ViViTConfig.from_json(files.config)
+        processor = ProcessorConfig.from_json(files.processor) if files.processor else None
+        state = loading.read_state_dict(files.weights)
+        model = cls(cfg, processor)
+        model.load_hf_state_dict(state)
+        return model.to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_hf_model(cls, hf_model: nn.Module) -> HookedViViT:
+        """Convert an in-memory transformers `VivitForVideoClassification`."""
+        cfg = ViViTConfig.from_hf_dict(hf_model.config.to_dict())
+        model = cls(cfg)
+        model.load_hf_state_dict(hf_model.state_dict())
+        return model
+
+    def load_hf_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Fill every parameter from a checkpoint in either HF key scheme; strict, all-or-nothing."""
+        from vivit_lens.convert import check_state_dict, hf_to_lens
+
+        converted, unexpected = hf_to_lens(state, self.cfg)
+        check_state_dict(converted, self.state_dict(), unexpected)
+        self.load_state_dict(converted, strict=True)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write an HF folder (config.json, model.safetensors, preprocessor_config.json) that transformers loads."""
+        from vivit_lens.convert import save_hf_folder
+
+        save_hf_folder(self, folder)

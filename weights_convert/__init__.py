@@ -1,0 +1,1 @@
+"""Command-line checkpoint conversion between Hugging Face ViViT folders and vivit_lens folders."""

@@ -1,0 +1,3 @@
+from weights_convert.convert import main
+
+raise SystemExit(main())
