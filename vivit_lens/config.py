@@ -40,9 +40,9 @@ class ViViTConfig:
     are derived properties.
     """
 
-    image_size: tuple[int, int] = (224, 224)
+    image_size: int | tuple[int, int] | list[int] = (224, 224)  # stored as (height, width)
     num_frames: int = 32
-    tubelet_size: tuple[int, int, int] = (2, 16, 16)
+    tubelet_size: tuple[int, int, int] | list[int] = (2, 16, 16)  # stored as (time, height, width)
     num_channels: int = 3
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -52,7 +52,7 @@ class ViViTConfig:
     hidden_act: str = "gelu_fast"
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
-    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    id2label: dict[int, str] | dict[str, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
@@ -169,7 +169,7 @@ class ProcessorConfig:
     shortest_edge: int = 256
     resample: int = 2
     do_center_crop: bool = True
-    crop_size: tuple[int, int] = (224, 224)
+    crop_size: tuple[int, int] = (224, 224)  # (height, width)
     do_rescale: bool = True
     rescale_factor: float = 1 / 127.5
     offset: bool = True

@@ -63,7 +63,7 @@ class HookedViViT(HookedRootModule):
     # Forward -------------------------------------------------------------------------------------
     def forward(
         self,
-        x: Float[Tensor, "batch frames channels height width"] | Resid,
+        x: Tensor,  # checked by hand below, for messages that name what was expected
         *,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
