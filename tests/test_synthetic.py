@@ -1,0 +1,198 @@
+"""Behaviour of the synthetic clip renderer: determinism, minimal pairs, labels, learnability."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from vivit_lens import synthetic
+
+SHAPES = [(16, 64), (4, 32), (8, (48, 80)), (32, 96)]  # (frames, size) the small models might use
+
+
+def _motion_features(x: np.ndarray) -> np.ndarray:
+    """Mean absolute frame difference (grey), pooled to 8x8 and standardised per clip."""
+    g = x.astype(np.float32).mean(-1)
+    m = np.abs(np.diff(g, axis=1)).mean(1)
+    n, h, w = m.shape
+    f = m.reshape(n, 8, h // 8, 8, w // 8).mean((2, 4)).reshape(n, -1)
+    return (f - f.mean(1, keepdims=True)) / (f.std(1, keepdims=True) + 1e-6)
+
+
+def _nearest_centroid_accuracy(f_train, y_train, f_test, y_test) -> float:
+    centroids = np.stack([f_train[y_train == c].mean(0) for c in range(len(synthetic.ACTIONS))])
+    pred = ((f_test[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    return float((pred == y_test).mean())
+
+
+@pytest.mark.parametrize("action", synthetic.ACTIONS)
+def test_same_seed_same_bytes_other_seed_other_clip(action):
+    outcome = synthetic.OUTCOMES[action][1]
+    a, spec_a = synthetic.render(action, seed=7, outcome=outcome)
+    b, spec_b = synthetic.render(action, seed=7, outcome=outcome)
+    c, _ = synthetic.render(action, seed=8, outcome=outcome)
+    assert a.tobytes() == b.tobytes() and spec_a == spec_b
+    assert np.abs(a.astype(int) - c).mean() > 5, "another seed should change colours, layout and motion"
+
+
+@pytest.mark.parametrize("action", synthetic.ACTIONS)
+def test_render_of_one_outcome_is_that_half_of_the_pair(action):
+    clean, corrupt, pair = synthetic.render_pair(action, seed=11, frames=12, size=48)
+    for clip, outcome in ((clean, pair.clean_outcome), (corrupt, pair.corrupt_outcome)):
+        single, spec = synthetic.render(action, seed=11, outcome=outcome, frames=12, size=48)
+        np.testing.assert_array_equal(single, clip)
+        assert (spec.decisive_frame, spec.box, spec.label) == (pair.decisive_frame, pair.box, pair.label)
+
+
+@pytest.mark.parametrize("frames, size", SHAPES)
+@pytest.mark.parametrize("action", synthetic.ACTIONS)
+def test_pair_is_identical_before_the_decisive_frame_and_differs_after(action, frames, size):
+    for seed in range(6):
+        clean, corrupt, spec = synthetic.render_pair(action, seed, frames, size)
+        d = spec.decisive_frame
+        assert 1 <= d < frames
+        assert clean[:d].tobytes() == corrupt[:d].tobytes(), f"{action} seed {seed}: frames before {d} differ"
+        differs = (clean != corrupt).any(axis=(1, 2, 3))
+        assert differs[d:].all(), f"{action} seed {seed}: frames {np.flatnonzero(~differs[d:]) + d} equal"
+
+
+@pytest.mark.parametrize("action", synthetic.ACTIONS)
+def test_pair_differences_lie_inside_the_outcome_box(action):
+    areas = []
+    for seed in range(12):
+        clean, corrupt, spec = synthetic.render_pair(action, seed, frames=16, size=64)
+        top, left, bottom, right = spec.box
+        changed = (clean != corrupt).any(-1)  # [frames, h, w]
+        inside = changed[:, top:bottom, left:right].sum()
+        assert inside == changed.sum(), f"{action} seed {seed}: {changed.sum() - inside} changed pixels outside box"
+        # The change is substantial, not a few pixels of rounding.
+        assert np.abs(clean.astype(int) - corrupt)[spec.decisive_frame:].max() > 60
+        areas.append((bottom - top) * (right - left) / 64**2)
+        if action == "bowling":  # the outcome happens at the far (top) end of the lane, around the pins
+            assert bottom <= 0.75 * 64 and top <= 0.15 * 64
+    if action != "swinging":  # a pendulum that keeps swinging differs along its whole arc
+        assert np.mean(areas) < 0.35, f"{action}: outcome boxes cover {np.mean(areas):.0%} of the frame"
+
+
+def test_outcomes_share_the_class_label():
+    for action, outcomes in synthetic.OUTCOMES.items():
+        labels = {synthetic.render(action, 5, outcome=o, frames=4, size=32)[1].label for o in outcomes}
+        assert labels == {synthetic.ACTIONS.index(action)}
+    assert tuple(synthetic.OUTCOMES) == synthetic.ACTIONS and len(synthetic.ACTIONS) >= 5
+
+
+@pytest.mark.parametrize("frames, size", SHAPES + [(5, 128)])
+def test_every_class_moves_at_every_size(frames, size):
+    h, w = (size, size) if isinstance(size, int) else size
+    for action in synthetic.ACTIONS:
+        clip, spec = synthetic.render(action, seed=2, frames=frames, size=size)
+        assert clip.shape == (frames, h, w, 3) and clip.dtype == np.uint8
+        assert (spec.frames, spec.height, spec.width) == (frames, h, w)
+        # Objects move in most frame steps (changes far above the pixel noise); a clip may end at rest.
+        step = np.abs(np.diff(clip.astype(int), axis=0)).max(axis=(1, 2, 3))
+        assert (step > 60).mean() >= 0.5, f"{action} {frames}x{size}: still frame steps {np.flatnonzero(step <= 60)}"
+
+
+def test_dataset_is_balanced_reproducible_and_mixes_outcomes():
+    x, y, specs = synthetic.dataset(n=61, seed=4, frames=4, size=32, with_specs=True)
+    assert x.shape == (61, 4, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int64
+    counts = np.bincount(y, minlength=len(synthetic.ACTIONS))
+    assert counts.max() - counts.min() <= 1
+    assert [s.label for s in specs] == y.tolist()
+    assert len({s.outcome for s in specs}) == 2 * len(synthetic.ACTIONS)  # both outcomes of every action occur
+    np.testing.assert_array_equal(x[0], synthetic.render(specs[0].action, specs[0].seed, specs[0].outcome, 4, 32)[0])
+    x2, y2 = synthetic.dataset(n=61, seed=4, frames=4, size=32)
+    assert x2.tobytes() == x.tobytes() and (y2 == y).all()
+    assert not (synthetic.dataset(n=61, seed=5, frames=4, size=32)[1] == y).all()
+
+
+def test_classes_are_separable_by_motion_but_not_by_colour():
+    x_train, y_train = synthetic.dataset(n=180, seed=0, frames=8, size=32)
+    x_test, y_test = synthetic.dataset(n=120, seed=1, frames=8, size=32)
+    motion = _nearest_centroid_accuracy(_motion_features(x_train), y_train, _motion_features(x_test), y_test)
+    mean_colour = lambda x: x.reshape(len(x), -1, 3).astype(np.float64).mean(1) / 255  # noqa: E731
+    colour = _nearest_centroid_accuracy(mean_colour(x_train), y_train, mean_colour(x_test), y_test)
+    chance = 1 / len(synthetic.ACTIONS)
+    assert motion > 3 * chance, f"motion-energy nearest centroid: {motion:.2f} (chance {chance:.2f})"
+    assert colour < 2 * chance, f"mean colour alone should not give the class away: {colour:.2f}"
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(action="curling", seed=0), dict(action="bowling", seed=0, outcome="holed"),
+    dict(action="bowling", seed=-1), dict(action="bowling", seed=0, frames=3),
+    dict(action="bowling", seed=0, size=16), dict(action="bowling", seed=0, size=(64, 16)),
+])
+def test_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        synthetic.render(**kwargs)
+
+
+def test_contact_sheet_draws_two_rows_per_action(tmp_path):
+    from PIL import Image
+
+    path = synthetic.contact_sheet(tmp_path / "sheet.png", seed=1, frames=4, size=32, every=1, scale=1)
+    image = Image.open(path)
+    assert image.height == 2 * len(synthetic.ACTIONS) * (32 + 2)
+    clean, _, _ = synthetic.render_pair("bowling", seed=1, frames=4, size=32)
+    np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[:32, 120:152][1:-1, 1:-1], clean[0][1:-1, 1:-1])
+
+
+def _fake_video(monkeypatch, option: str | None) -> list:
+    """Replace vivit_lens.video by a module whose `save` records its calls (and takes `option`)."""
+    calls = []
+
+    def save_lossless(frames, path, fps, lossless=False):
+        save_plain(frames, path, fps, lossless=lossless)
+
+    def save_crf(frames, path, fps, *, crf=18):
+        save_plain(frames, path, fps, crf=crf)
+
+    def save_plain(frames, path, fps, **options):
+        calls.append((frames.copy(), path, fps, options))
+        path.write_bytes(b"")
+
+    module = types.ModuleType("vivit_lens.video")
+    module.save = {"lossless": save_lossless, "crf": save_crf, None: save_plain}[option]
+    monkeypatch.setitem(sys.modules, "vivit_lens.video", module)
+    monkeypatch.setattr(importlib.import_module("vivit_lens"), "video", module, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("option, expected", [("lossless", {"lossless": True}), ("crf", {"crf": 0}), (None, {})])
+def test_write_pair_hands_both_clips_to_video_save(tmp_path, monkeypatch, option, expected):
+    calls = _fake_video(monkeypatch, option)
+    spec = synthetic.write_pair(tmp_path, "golf_putt", seed=3, frames=8, size=32, fps=5)
+    clean, corrupt, _ = synthetic.render_pair("golf_putt", seed=3, frames=8, size=32)
+    assert [c[1].name for c in calls] == ["clean.mp4", "corrupt.mp4"]
+    np.testing.assert_array_equal(calls[0][0], clean)
+    np.testing.assert_array_equal(calls[1][0], corrupt)
+    assert all(c[2] == 5 and c[3] == expected for c in calls)
+    meta = json.loads((tmp_path / "spec.json").read_text())
+    assert meta["lossless"] is (option == "lossless") and meta["identical_before_decisive"] is (option is not None)
+    assert meta["decisive_frame"] == spec.decisive_frame and tuple(meta["box"]) == spec.box
+    assert meta["clean_outcome"] == "holed" and meta["save_options"] == expected
+
+
+def test_write_pair_files_decode_to_the_rendered_frames(tmp_path):
+    video = pytest.importorskip("vivit_lens.video")
+    if not hasattr(video, "save"):
+        pytest.skip("vivit_lens.video.save is not written yet")
+    av = pytest.importorskip("av")
+    spec = synthetic.write_pair(tmp_path, "bowling", seed=3, frames=16, size=64, fps=8)
+    meta = json.loads((tmp_path / "spec.json").read_text())
+    decoded = {}
+    for name in ("clean", "corrupt"):
+        with av.open(str(tmp_path / f"{name}.mp4")) as container:
+            decoded[name] = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        assert decoded[name].shape == (16, 64, 64, 3)
+    d = spec.decisive_frame
+    before = np.abs(decoded["clean"][:d].astype(int) - decoded["corrupt"][:d]).mean()
+    after = np.abs(decoded["clean"][d:].astype(int) - decoded["corrupt"][d:]).mean()
+    if meta["identical_before_decisive"]:
+        assert before == 0, f"decoded files differ before the decisive frame by {before:.3f} on average"
+    assert before < after, f"codec noise before the decisive frame ({before:.2f}) >= outcome change ({after:.2f})"
