@@ -1,30 +1,73 @@
-"""ActivationCache: the activations of one run, by hook name, with TransformerLens-style lookups.
+"""ActivationCache: the activations of one run, by hook name, with TransformerLens-style analysis.
 
     logits, cache = model.run_with_cache(x)
     cache["blocks.3.hook_resid_post"] is cache["resid_post", 3]          # short names, as in TransformerLens
+    attrs, labels = cache.dla_components("bowling", model=model)         # direct logit attribution, sums to the logit
     cache.save("run.safetensors"); ActivationCache.load("run.safetensors")   # no model needed
+
+Analysis methods follow TransformerLens' names, arguments and layouts (`accumulated_resid`,
+`decompose_resid`, `stack_head_results`, `apply_ln_to_stack`, `logit_attrs`). Methods that need
+weights (W_O, W_U, the final LayerNorm) take `model=`, or use weights stored in the cache with
+`cache.with_weights(model)`; stored weights are saved and loaded with the cache.
+
+Our model does not fold LayerNorm weights into the next layer (TransformerLens' `fold_ln`), so:
+`apply_ln_to_stack` centres and divides by the cached scale (as TransformerLens does), and
+`logit_attrs` folds the final LayerNorm weight into the class direction (`w * W_U[:, c]`), which
+is what TransformerLens computes on a folded model. The rest of the logit, `b_ln @ W_U[:, c] +
+b_U[c]`, is `logit_bias`; attributions of all components plus it give the logit exactly.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Literal, Union
 
 import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from vivit_lens.config import ViViTConfig
 from vivit_lens.utils import get_act_name
 
+PosSlice = Union[None, int, slice, Sequence[int], Tensor]
+ClassIndex = Union[int, str, Tensor]
+WEIGHT_PREFIX = "__weights__."
+WEIGHT_NAMES = ("W_O", "b_O", "W_U", "b_U", "ln_final.w", "ln_final.b")
+
+
+def _apply_pos(t: Tensor, pos_slice: PosSlice, dim: int) -> Tensor:
+    """TransformerLens `Slice.apply`: None keeps all, an int selects (and drops the axis), else index."""
+    if pos_slice is None:
+        return t
+    if isinstance(pos_slice, int):
+        return t.select(dim, pos_slice)
+    if isinstance(pos_slice, slice):
+        index = [slice(None)] * t.ndim
+        index[dim] = pos_slice
+        return t[tuple(index)]
+    return t.index_select(dim, torch.as_tensor(pos_slice, dtype=torch.long, device=t.device).reshape(-1))
+
+
+def _weights_of(model) -> dict[str, Tensor]:
+    return {
+        "W_O": model.W_O.detach(), "b_O": model.b_O.detach(), "W_U": model.W_U.detach(),
+        "b_U": model.b_U.detach(), "ln_final.w": model.ln_final.w.detach(), "ln_final.b": model.ln_final.b.detach(),
+    }  # fmt: skip
+
 
 class ActivationCache(Mapping[str, Tensor]):
     """A read-only mapping from hook names to activations (and `name + "_grad"` for gradients)."""
 
-    def __init__(self, cache: dict[str, Tensor], config: ViViTConfig | None = None):
+    def __init__(self, cache: dict[str, Tensor], config: ViViTConfig | None = None,
+                 weights: dict[str, Tensor] | None = None):  # fmt: skip
         self._cache = cache
         self.cfg = config
+        self._weights = weights
 
     def _key(self, key: str | tuple) -> str:
         return get_act_name(*key) if isinstance(key, tuple) else key
@@ -53,12 +96,22 @@ class ActivationCache(Mapping[str, Tensor]):
         return f"ActivationCache({len(self)} activations: {list(self._cache)[:4]}{' ...' if len(self) > 4 else ''})"
 
     def to(self, device: str | torch.device) -> ActivationCache:
-        return ActivationCache({k: v.to(device) for k, v in self._cache.items()}, self.cfg)
+        weights = {k: v.to(device) for k, v in self._weights.items()} if self._weights else None
+        return ActivationCache({k: v.to(device) for k, v in self._cache.items()}, self.cfg, weights)
 
+    # Saving ------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the cache (and the model config, if known) to one safetensors file."""
+        """Write the cache (and the model config and stored weights, if any) to one safetensors file."""
         meta = {"config": json.dumps(self.cfg.to_hf_dict())} if self.cfg is not None else {}
-        save_file({k: v.contiguous() for k, v in self._cache.items()}, str(path), metadata=meta)
+        meta["order"] = json.dumps(list(self._cache))  # safetensors files list tensors by name; keep hook order
+        items = list(self._cache.items()) + [(WEIGHT_PREFIX + k, v) for k, v in (self._weights or {}).items()]
+        tensors, storages = {}, set()
+        for k, v in items:  # one tensor can sit under two names (resid_post l is resid_pre l+1): write copies
+            v = v.detach().contiguous()
+            ptr = v.untyped_storage().data_ptr()
+            tensors[k] = v.clone() if ptr in storages else v
+            storages.add(ptr)
+        save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationCache:
@@ -67,4 +120,365 @@ class ActivationCache(Mapping[str, Tensor]):
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         cfg = ViViTConfig.from_hf_dict(json.loads(meta["config"])) if "config" in meta else None
-        return cls(load_file(str(path)), cfg)
+        tensors = load_file(str(path))
+        weights = {k[len(WEIGHT_PREFIX):]: v for k, v in tensors.items() if k.startswith(WEIGHT_PREFIX)}
+        order = json.loads(meta["order"]) if "order" in meta else sorted(tensors)
+        acts = {k: tensors[k] for k in order if not k.startswith(WEIGHT_PREFIX)}
+        return cls(acts, cfg, weights or None)
+
+    # Weights and config ------------------------------------------------------------------------
+    def with_weights(self, model) -> ActivationCache:
+        """The same activations, plus the few weights analysis needs (W_O, b_O, W_U, b_U, final LN).
+
+        Stored weights travel with `save`/`load`, so a loaded cache can attribute without the model.
+        """
+        return ActivationCache(self._cache, self.cfg if self.cfg is not None else model.cfg, _weights_of(model))
+
+    @property
+    def has_weights(self) -> bool:
+        return self._weights is not None
+
+    def _w(self, model, name: str) -> Tensor:
+        if model is not None:
+            return _weights_of(model)[name]
+        if self._weights is None:
+            raise ValueError(
+                f"this needs the model's weights ({name}): pass model=..., or use cache = cache.with_weights(model)"
+            )
+        return self._weights[name]
+
+    def _config(self) -> ViViTConfig:
+        if self.cfg is None:
+            raise ValueError("this cache has no model config; build it with model.run_with_cache")
+        return self.cfg
+
+    def _layer(self, layer: int | None) -> int:
+        n = self._config().n_layers
+        if layer is None or layer == -1:
+            return n
+        if not 0 <= layer <= n:
+            raise ValueError(f"layer must be in [0, {n}] (or -1/None for the final residual), got {layer}")
+        return layer
+
+    def _class_direction(self, tokens: ClassIndex, model) -> Tensor:
+        """`W_U[:, c]` for a class index, a label name, or a `[batch]` tensor of indices (-> `[batch d_model]`)."""
+        W_U = self._w(model, "W_U")
+        if isinstance(tokens, str):
+            label2id = self._config().label2id
+            if tokens not in label2id:
+                raise KeyError(f"class {tokens!r} is not one of the model's {len(label2id)} labels")
+            tokens = label2id[tokens]
+        if isinstance(tokens, Tensor):
+            return W_U[:, tokens.to(torch.long)].T if tokens.ndim else W_U[:, int(tokens)]
+        if not 0 <= int(tokens) < W_U.shape[1]:
+            raise ValueError(f"class index {tokens} is out of range for {W_U.shape[1]} classes")
+        return W_U[:, int(tokens)]
+
+    # Residual stream ---------------------------------------------------------------------------
+    def ln_scale(self, layer: int | None = None, mlp_input: bool = False) -> Float[Tensor, "batch pos 1"]:
+        """The LayerNorm divisor `sqrt(var + eps)` that `layer` applies (`layer=n_layers`/None: ln_final).
+
+        Read from the cached `hook_scale`, or computed from the cached residual it normalises.
+        """
+        cfg, layer = self._config(), self._layer(layer)
+        n = cfg.n_layers
+        if layer == n:
+            if mlp_input:
+                raise ValueError("mlp_input=True has no meaning for the final LayerNorm (layer = n_layers)")
+            key, resid = "ln_final.hook_scale", f"blocks.{n - 1}.hook_resid_post"
+        else:
+            key = f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"
+            resid = f"blocks.{layer}.hook_resid_{'mid' if mlp_input else 'pre'}"
+        if key in self._cache:
+            return self._cache[key]
+        if resid in self._cache:
+            x = self._cache[resid]
+            x = x - x.mean(-1, keepdim=True)
+            return (x.pow(2).mean(-1, keepdim=True) + cfg.layer_norm_eps).sqrt()
+        raise KeyError(f"neither {key!r} nor {resid!r} is in the cache; the LayerNorm scale is needed here")
+
+    def apply_ln_to_stack(
+        self,
+        residual_stack: Float[Tensor, "component *batch_and_pos d_model"],
+        layer: int | None = None,
+        mlp_input: bool = False,
+        pos_slice: PosSlice = None,
+        batch_slice: PosSlice = None,
+        has_batch_dim: bool = True,
+        recompute_ln: bool = False,
+        model=None,
+    ) -> Float[Tensor, "component *batch_and_pos_out d_model"]:
+        """Treat each component of a residual stack as the input of a LayerNorm with its scale frozen.
+
+        Centres each component and divides it by the scale the cached run used at `layer` (ln1, or
+        ln2 with `mlp_input`; `layer=None`/`n_layers`: ln_final), so the components add up to the
+        normalised residual minus the LayerNorm bias, times 1/w. `pos_slice` and `batch_slice` say
+        which positions/batch rows the stack holds (the stack is taken as already sliced; the scale
+        is sliced here). For the logit, the relevant final scale is the [CLS] token's: `pos_slice=0`.
+
+        `recompute_ln=True` (final layer only): apply the full final LayerNorm (weight and bias
+        included) to each component on its own, with its own statistics: the logit lens.
+        """
+        layer = self._layer(layer)
+        if has_batch_dim and batch_slice is not None:
+            residual_stack = _apply_pos(residual_stack, batch_slice, 1)
+        if recompute_ln:
+            if layer != self._config().n_layers:
+                raise ValueError("recompute_ln=True is only defined for the final LayerNorm (layer = n_layers)")
+            w, b = self._w(model, "ln_final.w"), self._w(model, "ln_final.b")
+            return F.layer_norm(residual_stack, (residual_stack.shape[-1],), w, b, self._config().layer_norm_eps)
+        scale = _apply_pos(self.ln_scale(layer, mlp_input), pos_slice, -2)
+        if has_batch_dim and batch_slice is not None:
+            scale = _apply_pos(scale, batch_slice, 0)
+        if not has_batch_dim:
+            scale = scale[0]
+        return (residual_stack - residual_stack.mean(-1, keepdim=True)) / scale
+
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        mlp_input: bool = False,
+        return_labels: bool = False,
+        model=None,
+    ) -> Float[Tensor, "component *batch_and_pos d_model"] | tuple[Tensor, list[str]]:
+        """The residual stream at the input of every layer up to `layer` (logit lens), stacked.
+
+        Entries: `blocks.{l}.hook_resid_pre` for l < layer (labels `"{l}_pre"`), with `incl_mid`
+        also `"{l}_mid"`, with `mlp_input` the mid of `layer` itself; `layer=None`/`-1`/n_layers
+        ends with the final residual before ln_final (`"final_post"`). `apply_ln` at the final
+        layer applies the whole final LayerNorm to each entry (its own statistics, weight and bias:
+        `stack[-1][:, 0] @ W_U + b_U` are the logits); at an earlier layer it divides by that
+        layer's cached ln1 scale, as TransformerLens does.
+        """
+        n = self._config().n_layers
+        layer = self._layer(layer)
+        parts, labels = [], []
+        for l in range(layer + 1):
+            if l == n:
+                parts.append(self[f"blocks.{n - 1}.hook_resid_post"])
+                labels.append("final_post")
+                continue
+            parts.append(self[f"blocks.{l}.hook_resid_pre"])
+            labels.append(f"{l}_pre")
+            if (incl_mid and l < layer) or (mlp_input and l == layer):
+                parts.append(self[f"blocks.{l}.hook_resid_mid"])
+                labels.append(f"{l}_mid")
+        stack = torch.stack([_apply_pos(p, pos_slice, -2) for p in parts])
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice,
+                                           recompute_ln=layer == n, model=model)  # fmt: skip
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: Literal["all", "mlp", "attn"] = "all",
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ) -> Float[Tensor, "component *batch_and_pos d_model"] | tuple[Tensor, list[str]]:
+        """The residual stream at the input of `layer` as a stack of what wrote it.
+
+        `embed`, `pos_embed`, then `{l}_attn_out` and `{l}_mlp_out` for l < layer (each includes its
+        bias), and `{layer}_attn_out` with `mlp_input`. The stack sums to `blocks.{layer}.hook_resid_pre`
+        (the final residual for `layer=None`). `apply_ln` divides by that layer's cached scale.
+        """
+        if mode not in ("all", "mlp", "attn"):
+            raise ValueError(f"mode must be 'all', 'mlp' or 'attn', got {mode!r}")
+        layer = self._layer(layer)
+        parts, labels = [], []
+        if incl_embeds:
+            parts += [self["hook_embed"], self["hook_pos_embed"]]
+            labels += ["embed", "pos_embed"]
+        for l in range(layer):
+            if mode != "mlp":
+                parts.append(self[f"blocks.{l}.hook_attn_out"])
+                labels.append(f"{l}_attn_out")
+            if mode != "attn":
+                parts.append(self[f"blocks.{l}.hook_mlp_out"])
+                labels.append(f"{l}_mlp_out")
+        if mlp_input and mode != "mlp":
+            parts.append(self[f"blocks.{layer}.hook_attn_out"])
+            labels.append(f"{layer}_attn_out")
+        stack = torch.stack([_apply_pos(p, pos_slice, -2) for p in parts])
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def stack_head_results(
+        self,
+        layer: int | None = -1,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        pos_slice: PosSlice = None,
+        apply_ln: bool = False,
+        model=None,
+    ) -> Float[Tensor, "component *batch_and_pos d_model"] | tuple[Tensor, list[str]]:
+        """What each attention head of the layers before `layer` wrote: `[layer*head batch pos d_model]`.
+
+        Head h of layer l writes `z[:, :, h] @ W_O[l, h]` (labels `"L{l}H{h}"`, layer-major), computed
+        with one einsum per layer from the cached `hook_z` (or read from `hook_result` if cached);
+        `b_O` belongs to no head. `incl_remainder` appends the rest of the residual at `layer`
+        (`"remainder"`), so that the stack sums to it. `pos_slice` is applied before the einsum.
+        """
+        cfg = self._config()
+        layer = self._layer(layer)
+        parts, labels = [], []
+        for l in range(layer):
+            result_key = f"blocks.{l}.attn.hook_result"
+            if result_key in self._cache:
+                per_head = rearrange(_apply_pos(self._cache[result_key], pos_slice, -3),
+                                     "... head d_model -> head ... d_model")  # fmt: skip
+            else:
+                z = _apply_pos(self[f"blocks.{l}.attn.hook_z"], pos_slice, -3)
+                per_head = einsum(z, self._w(model, "W_O")[l].to(z), "... head d_head, head d_head d_model -> head ... d_model")
+            parts.append(per_head)
+            labels += [f"L{l}H{h}" for h in range(cfg.n_heads)]
+        if parts:
+            stack = torch.cat(parts)
+        else:
+            like = _apply_pos(self["hook_embed"], pos_slice, -2)
+            stack = like.new_zeros(0, *like.shape)
+        if incl_remainder:
+            resid = self.accumulated_resid(layer, pos_slice=pos_slice)[-1]
+            stack = torch.cat([stack, (resid - stack.sum(0))[None]])
+            labels.append("remainder")
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def stack_activation(self, activation_name: str, layer: int | None = -1, sublayer_type: str | None = None) -> Tensor:
+        """`torch.stack` of one activation over the layers before `layer`: `[layer ...]`."""
+        return torch.stack([self[(activation_name, l, sublayer_type)] for l in range(self._layer(layer))])
+
+    # Logit attribution -------------------------------------------------------------------------
+    def logit_attrs(
+        self,
+        residual_stack: Float[Tensor, "component *batch_and_pos d_model"],
+        tokens: ClassIndex,
+        incorrect_tokens: ClassIndex | None = None,
+        pos_slice: PosSlice = None,
+        batch_slice: PosSlice = None,
+        has_batch_dim: bool = True,
+        model=None,
+    ) -> Float[Tensor, "component *batch_and_pos_out"]:
+        """Direct logit attribution: how much each stack component adds to class `tokens`' logit.
+
+        `attr_i = <(x_i - mean(x_i)) / s, w_ln * W_U[:, c]>` with `s` the final LayerNorm scale
+        cached for the run (frozen, `pos_slice` selects it; the logit reads [CLS]: `pos_slice=0`),
+        `w_ln` the final LayerNorm weight. With `incorrect_tokens`, the direction is the difference
+        of the two classes' (logit difference attribution). For a stack that sums to the final
+        residual at [CLS], `attrs.sum(0) + logit_bias(...)` is the logit (difference) exactly.
+        `tokens`: a class index, a label name, or a `[batch]` tensor of indices (one per clip).
+        """
+        direction = self._class_direction(tokens, model)
+        if incorrect_tokens is not None:
+            other = self._class_direction(incorrect_tokens, model)
+            if other.shape != direction.shape:
+                raise ValueError(f"tokens and incorrect_tokens give different shapes: {direction.shape} vs {other.shape}")
+            direction = direction - other
+        direction = direction * self._w(model, "ln_final.w")
+        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice, batch_slice=batch_slice,
+                                        has_batch_dim=has_batch_dim)  # fmt: skip
+        if direction.ndim == 2:  # one class per batch row: broadcast over the positions after the batch axis
+            direction = direction.reshape(direction.shape[0], *[1] * (scaled.ndim - 3), direction.shape[1])
+        return (scaled * direction.to(scaled)).sum(-1)
+
+    def logit_bias(self, tokens: ClassIndex, incorrect_tokens: ClassIndex | None = None, model=None) -> Tensor:
+        """The part of the logit no component writes: `b_ln @ W_U[:, c] + b_U[c]` (a difference with `incorrect_tokens`)."""
+        def one(t: ClassIndex) -> Tensor:
+            d = self._class_direction(t, model)
+            b_U = self._w(model, "b_U")
+            idx = self._config().label2id[t] if isinstance(t, str) else t
+            return d @ self._w(model, "ln_final.b") + b_U[torch.as_tensor(idx, dtype=torch.long)]
+
+        return one(tokens) - one(incorrect_tokens) if incorrect_tokens is not None else one(tokens)
+
+    # Direct logit attribution, ready-made ------------------------------------------------------
+    def dla_components(
+        self, tokens: ClassIndex, incorrect_tokens: ClassIndex | None = None, model=None
+    ) -> tuple[Float[Tensor, "component batch"], list[str]]:
+        """DLA of every writer to the [CLS] residual: embed, pos_embed, each attn_out and mlp_out, and `bias`.
+
+        The rows sum to the logit (or logit difference) of each clip exactly: the final LayerNorm
+        scale is frozen at its [CLS] value, and `bias` is `logit_bias`.
+        """
+        stack, labels = self.decompose_resid(pos_slice=0, return_labels=True)
+        attrs = self.logit_attrs(stack, tokens, incorrect_tokens, pos_slice=0, model=model)
+        bias = self.logit_bias(tokens, incorrect_tokens, model=model).to(attrs).expand(attrs.shape[1])
+        return torch.cat([attrs, bias[None]]), labels + ["bias"]
+
+    def dla_heads(
+        self, tokens: ClassIndex, incorrect_tokens: ClassIndex | None = None, model=None
+    ) -> Float[Tensor, "layer head batch"]:
+        """DLA of each attention head's write to the [CLS] residual (b_O excluded): `[layer head batch]`."""
+        cfg = self._config()
+        stack = self.stack_head_results(pos_slice=0, model=model)
+        attrs = self.logit_attrs(stack, tokens, incorrect_tokens, pos_slice=0, model=model)
+        return rearrange(attrs, "(layer head) batch -> layer head batch", head=cfg.n_heads)
+
+    def cls_attention_row(self, layer: int) -> Float[Tensor, "batch head pos"]:
+        """Attention from [CLS] to every token in `layer`: the cached pattern's row 0, or rebuilt from q and k."""
+        pattern_key = f"blocks.{layer}.attn.hook_pattern"
+        if pattern_key in self._cache:
+            return self._cache[pattern_key][:, :, 0]
+        q, k = self[f"blocks.{layer}.attn.hook_q"], self[f"blocks.{layer}.attn.hook_k"]
+        scores = einsum(q[:, 0], k, "batch head d_head, batch pos head d_head -> batch head pos")
+        return torch.softmax(scores * q.shape[-1] ** -0.5, dim=-1)
+
+    def dla_tokens(
+        self, tokens: ClassIndex, incorrect_tokens: ClassIndex | None = None, model=None
+    ) -> Float[Tensor, "layer head batch pos"]:
+        """DLA of each head's write to [CLS], split by the token it reads: `[layer head batch pos]`.
+
+        A head's output at [CLS] is exactly `sum_s pattern[h, 0, s] * v[s, h] @ W_O[h]`; each source
+        token s gets its term's attribution (final LayerNorm scale frozen at [CLS]). Summed over
+        `pos` this is `dla_heads`. Needs `hook_v` and `hook_pattern` (or `hook_q` and `hook_k`) of
+        every layer. `per_frame`/`per_location`/`to_grid` map the `pos` axis onto the video.
+        """
+        cfg = self._config()
+        direction = self._class_direction(tokens, model)
+        if incorrect_tokens is not None:
+            direction = direction - self._class_direction(incorrect_tokens, model)
+        direction = direction * self._w(model, "ln_final.w")
+        direction = direction - direction.mean(-1, keepdim=True)  # <x - mean(x), d> = <x, d - mean(d)>
+        scale = self.ln_scale(None)[:, 0, 0]  # [batch], frozen at [CLS]
+        W_O = self._w(model, "W_O")
+        out = []
+        for l in range(cfg.n_layers):
+            v = self[f"blocks.{l}.attn.hook_v"]
+            row = self.cls_attention_row(l)
+            if direction.ndim == 1:  # read-out of each head's value vectors along the class direction
+                value_dir = einsum(W_O[l].to(v), direction.to(v), "head d_head d_model, d_model -> head d_head")
+                per_src = einsum(v, value_dir, "batch pos head d_head, head d_head -> batch head pos")
+            else:
+                value_dir = einsum(W_O[l].to(v), direction.to(v), "head d_head d_model, batch d_model -> batch head d_head")
+                per_src = einsum(v, value_dir, "batch pos head d_head, batch head d_head -> batch head pos")
+            out.append(rearrange(per_src * row / scale[:, None, None], "batch head pos -> head batch pos"))
+        return torch.stack(out)
+
+    # Token grid --------------------------------------------------------------------------------
+    def to_grid(self, values: Float[Tensor, "*rest pos"]) -> Float[Tensor, "*rest t h w"]:
+        """Values over token positions `[..., pos]` as a video grid `[..., t, h, w]` ([CLS] dropped).
+
+        Token `pos = 1 + t*H*W + h*W + w` (time-major, then row, then column): `vivit_lens.grid`.
+        """
+        return self._grid().to_grid(values)
+
+    def per_frame(self, values: Float[Tensor, "*rest pos"]) -> Float[Tensor, "*rest t"]:
+        """Values over token positions summed per tubelet time (input frames `t*tt .. t*tt+tt-1`)."""
+        return self._grid().per_frame(values)
+
+    def per_location(self, values: Float[Tensor, "*rest pos"]) -> Float[Tensor, "*rest h w"]:
+        """Values over token positions summed over time, per spatial patch location."""
+        return self.to_grid(values).sum(-3)
+
+    def _grid(self):
+        from vivit_lens.grid import TokenGrid
+
+        return TokenGrid(self._config())

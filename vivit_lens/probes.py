@@ -1,0 +1,212 @@
+"""Linear probes per layer, with a held-out split and a shuffled-label control.
+
+    acts = collect_activations(model, clips, pool="cls")          # [layer n d_model], one row per clip
+    res = train_probes(acts, labels, groups=video_ids)            # held-out split over whole videos
+    print(res)                                                     # train / test / control accuracy per layer
+
+A probe is multinomial logistic regression (standardised features, L2 penalty, full-batch
+L-BFGS), one per layer. The control trains the same probe on shuffled labels: a probe that is as
+good on shuffled labels (on its training set) separates any labelling of these inputs, so its
+accuracy says little about a concept. With `groups` (e.g. one id per source video), the split
+keeps each group on one side, so a probe cannot pass by recognising clips it has seen ("a
+fingerprint"); the paper's two-video probe cannot even be split that way, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vivit_lens.utils import get_act_name
+
+
+@dataclass
+class ProbeResults:
+    """Accuracy per layer: `train`, `test` (held out), and the shuffled-label control's `control_train`/`control_test`.
+
+    `selectivity = test - control_test`; `chance` is the majority-class rate of the test set.
+    """
+
+    layers: list[int]
+    train: Tensor
+    test: Tensor
+    control_train: Tensor
+    control_test: Tensor
+    chance: float
+    n_train: int
+    n_test: int
+    probes: list[tuple[Tensor, Tensor]] = field(default_factory=list, repr=False)
+
+    @property
+    def selectivity(self) -> Tensor:
+        return self.test - self.control_test
+
+    def to_records(self) -> list[dict]:
+        return [{"layer": l, "train": float(a), "test": float(b), "control_train": float(c), "control_test": float(d),
+                 "selectivity": float(b - d), "chance": self.chance, "n_train": self.n_train, "n_test": self.n_test}
+                for l, a, b, c, d in zip(self.layers, self.train, self.test, self.control_train, self.control_test)]  # fmt: skip
+
+    def __repr__(self) -> str:
+        head = f"ProbeResults(n_train={self.n_train}, n_test={self.n_test}, chance={self.chance:.3f})"
+        lines = [head, "  layer   train    test  ctrl_train  ctrl_test  selectivity"]
+        for r in self.to_records():
+            lines.append(f"  {r['layer']:>5}  {r['train']:6.3f}  {r['test']:6.3f}  {r['control_train']:10.3f}"
+                         f"  {r['control_test']:9.3f}  {r['selectivity']:11.3f}")  # fmt: skip
+        return "\n".join(lines)
+
+
+def split_indices(labels: Tensor, test_fraction: float | int = 0.25, groups: Tensor | None = None,
+                  seed: int = 0) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Train/test indices, stratified by class; with `groups`, whole groups go to one side.
+
+    Each class puts `ceil(test_fraction * its count)` samples (or groups) in the test set, and
+    keeps at least one for training; a class with a single group cannot be split (ValueError).
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    units = torch.arange(len(labels)) if groups is None else groups
+    test = []
+    for c in labels.unique().tolist():
+        members = units[labels == c].unique()
+        if groups is not None:
+            mixed = [int(u) for u in members if (labels[groups == u] != c).any()]
+            if mixed:
+                raise ValueError(f"groups {mixed[:5]} hold more than one label; a group must have one label")
+        if len(members) < 2:
+            what = "group" if groups is not None else "sample"
+            raise ValueError(f"class {c} has a single {what}: it cannot be both trained on and held out")
+        k = min(max(1, math.ceil(test_fraction * len(members))), len(members) - 1)
+        test += members[torch.randperm(len(members), generator=g)[:k]].tolist()
+    is_test = torch.isin(units, torch.tensor(test))
+    return torch.nonzero(~is_test).reshape(-1), torch.nonzero(is_test).reshape(-1)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Probe problems are tiny: one thread avoids the thread start-up and spin costs that dominate them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fit_probe(x: Float[Tensor, "n d"], y: Int[Tensor, "n"], n_classes: int, weight_decay: float | int = 1e-3,
+              max_iter: int = 200) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Multinomial logistic regression by full-batch L-BFGS: `(W [d n_classes], b [n_classes])`.
+
+    Minimises mean cross-entropy + `weight_decay * ||W||^2` (in float64, deterministic).
+    """
+    x, y = x.double(), y.long()
+    W = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ W + b, y) + weight_decay * W.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad(), _one_thread():
+        opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def _accuracy(x: Tensor, y: Tensor, W: Tensor, b: Tensor) -> float:
+    return float(((x.double() @ W + b).argmax(-1) == y).double().mean()) if len(y) else float("nan")
+
+
+def train_probes(
+    acts_by_layer: Float[Tensor, "layer n d"],
+    labels: Int[Tensor, "n"],
+    *,
+    layers: Sequence[int] | None = None,
+    test_fraction: float | int = 0.25,
+    groups: Int[Tensor, "n"] | None = None,
+    weight_decay: float | int = 1e-3,
+    max_iter: int = 200,
+    control: bool = True,
+    seed: int = 0,
+) -> ProbeResults:
+    """Train one linear probe per layer on `acts_by_layer[l]` to predict `labels`, and test it held out.
+
+    Features are standardised with the training set's mean and std. `layers` names the rows of
+    `acts_by_layer` (default 0..). The control (`control=True`) shuffles all labels once (with
+    `seed`) and repeats split, training and testing: its test accuracy should sit at chance, and
+    its train accuracy shows how easily the probe fits arbitrary labels of these inputs.
+    """
+    labels = labels.long()
+    if acts_by_layer.shape[1] != labels.shape[0]:
+        raise ValueError(f"acts have {acts_by_layer.shape[1]} samples, labels {labels.shape[0]}")
+    n_classes = int(labels.max()) + 1
+    layer_names = list(range(acts_by_layer.shape[0])) if layers is None else [int(l) for l in layers]
+    train_idx, test_idx = split_indices(labels, test_fraction, groups, seed)
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 1))]
+    out = {k: [] for k in ("train", "test", "control_train", "control_test")}
+    probes = []
+    for acts in acts_by_layer:
+        x = acts.double()
+        mean, std = x[train_idx].mean(0), x[train_idx].std(0, unbiased=False).clamp_min(1e-8)
+        x = (x - mean) / std
+        W, b = fit_probe(x[train_idx], labels[train_idx], n_classes, weight_decay, max_iter)
+        probes.append((W, b))
+        out["train"].append(_accuracy(x[train_idx], labels[train_idx], W, b))
+        out["test"].append(_accuracy(x[test_idx], labels[test_idx], W, b))
+        if control:
+            Wc, bc = fit_probe(x[train_idx], shuffled[train_idx], n_classes, weight_decay, max_iter)
+            out["control_train"].append(_accuracy(x[train_idx], shuffled[train_idx], Wc, bc))
+            out["control_test"].append(_accuracy(x[test_idx], shuffled[test_idx], Wc, bc))
+        else:
+            out["control_train"].append(float("nan"))
+            out["control_test"].append(float("nan"))
+    chance = float(torch.bincount(labels[test_idx], minlength=n_classes).max()) / len(test_idx)
+    return ProbeResults(layer_names, *(torch.tensor(out[k]) for k in ("train", "test", "control_train", "control_test")),
+                        chance=chance, n_train=len(train_idx), n_test=len(test_idx), probes=probes)  # fmt: skip
+
+
+def collect_activations(
+    model,
+    clips: Tensor | Iterable[Tensor],
+    *,
+    layers: Sequence[int] | None = None,
+    act: str = "resid_post",
+    pool: str = "cls",
+    batch_size: int = 4,
+    progress: bool = True,
+) -> Float[Tensor, "layer n d_model"]:
+    """Per-layer activations of many clips, pooled to one vector per clip: `[layer n d_model]`.
+
+    `clips`: pixel values `[n frames channels height width]`, or an iterable of such batches (for
+    clips that do not fit in memory at once). `act`: `resid_post` (default: layer l's output),
+    `resid_pre`, `resid_mid`, `attn_out`, `mlp_out`. `pool`: `"cls"` (token 0) or `"mean"` (mean
+    over the tubelet tokens, [CLS] excluded). The forward stops after the last layer needed.
+    """
+    if pool not in ("cls", "mean"):
+        raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(l) for l in layers]
+    names = [get_act_name(act, l) for l in layers]
+    batches = clips.split(batch_size) if isinstance(clips, Tensor) else clips
+    out: list[Tensor] = []
+    stop = max(layers) + 1
+    for x in tqdm(batches, desc="collecting", disable=not progress, leave=False):
+        with torch.no_grad():
+            kwargs = {"stop_at_layer": stop} if stop < model.cfg.n_layers else {}
+            _, cache = model.run_with_cache(x, names_filter=names, **kwargs)
+        acts = torch.stack([cache[n] for n in names])  # [layer batch pos d_model]
+        out.append(acts[:, :, 0] if pool == "cls" else acts[:, :, 1:].mean(2))
+    return torch.cat(out, dim=1)
+
+
+__all__ = ["ProbeResults", "collect_activations", "fit_probe", "split_indices", "train_probes"]
