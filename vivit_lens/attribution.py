@@ -1,0 +1,356 @@
+"""Attribution patching: the first-order (gradient) estimate of every patching effect, from one backward pass.
+
+Patching an activation from its reference value `a_ref` to its source value `a_src` changes the
+metric by about `(a_src - a_ref) . dM/da`, the gradient taken in the reference run. One forward of
+the source run (cache), one forward of the reference run (cache) and one backward give this for
+every head (x position), q/k/v, attn_out, mlp_out and resid_pre at once, and, with the gradients at
+the receivers' inputs, for every sender -> receiver edge of path patching. Results are effects with
+the conventions and shapes of the exact functions (`vivit_lens.paths`), so the two compare element
+by element; `agreement` scores how well they match.
+
+    attr = attribution_patch(model, clean, corrupt, Logit(31))      # 2 forwards + 1 backward
+    attr.head_out                                                   # [layer head]
+    attr.senders_into(FinalResid()).heads()                         # [layer head], as PathPatcher
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from jaxtyping import Float
+from torch import Tensor
+
+from vivit_lens.metrics import Metric
+from vivit_lens.paths import (
+    HeadInput, MLPInput, PathScores, Sender, _mask, all_receivers, all_senders, check_nodes, reaches, source_hook,
+    write_delta,
+)  # fmt: skip
+
+Direction = str  # "denoising" or "noising"
+
+
+def _layer_norm_backward(
+    x: Float[Tensor, "batch pos d_model"], grad_out: Float[Tensor, "*batch d_model"], w: Float[Tensor, "d_model"],
+    eps: float,
+) -> Float[Tensor, "*batch d_model"]:  # fmt: skip
+    """Gradient w.r.t. the input of `LayerNorm(x) * w + b`, given the gradient of its output (per head ok)."""
+    xc = x - x.mean(-1, keepdim=True)
+    sigma = (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    xhat = xc / sigma
+    if grad_out.ndim == 4:  # [batch pos head d_model]: one gradient per head, one shared input
+        xhat, sigma = xhat.unsqueeze(2), sigma.unsqueeze(2)
+    g = grad_out * w
+    return (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True)) / sigma
+
+
+class Attribution:
+    """Activations of both runs and metric gradients of the reference run; every attribution derives from them.
+
+    Every value is an estimated *effect* (metric change, batch mean), as in `vivit_lens.paths`. For
+    TransformerLens-style patched-metric values (what `vivit_lens.patching` returns), add
+    `ref_metric.mean()`, the reference run's metric.
+    """
+
+    def __init__(self, model, src: dict[str, Tensor], ref: dict[str, Tensor], grads: dict[str, Tensor],
+                 direction: str, metric: str, ref_metric: Tensor):  # fmt: skip
+        self.model, self.cfg = model, model.cfg
+        self.src, self.ref, self.grads = src, ref, grads
+        self.direction, self.metric, self.ref_metric = direction, metric, ref_metric
+
+    # Nodes ----------------------------------------------------------------------------------------
+    def node(self, hook: str) -> Tensor:
+        """`(a_src - a_ref) . dM/da` at one hook, summed over its last axis, averaged over the batch.
+
+        `[pos]` for a residual hook, `[pos head]` for `hook_z`/`hook_q`..., etc.
+        """
+        if hook not in self.grads:
+            raise KeyError(f"{hook!r} was not attributed; pass it in attribution_patch(..., hooks=[...])")
+        return ((self.src[hook] - self.ref[hook]) * self.grads[hook]).sum(-1).mean(0)
+
+    def _stack(self, name: str) -> Tensor:
+        return torch.stack([self.node(f"blocks.{layer}.{name}") for layer in range(self.cfg.n_layers)])
+
+    @property
+    def head_out_by_pos(self) -> Float[Tensor, "layer pos head"]:
+        """Patching one head's output (`hook_z`) at one position."""
+        return self._stack("attn.hook_z")
+
+    @property
+    def head_out(self) -> Float[Tensor, "layer head"]:
+        """Patching one head's output at every position."""
+        return self.head_out_by_pos.sum(1)
+
+    def _qkv(self, kind: str, by_pos: bool) -> Tensor:
+        out = self._stack(f"attn.hook_{kind}")
+        return out if by_pos else out.sum(1)
+
+    @property
+    def q(self) -> Float[Tensor, "layer head"]:
+        return self._qkv("q", False)
+
+    @property
+    def k(self) -> Float[Tensor, "layer head"]:
+        return self._qkv("k", False)
+
+    @property
+    def v(self) -> Float[Tensor, "layer head"]:
+        return self._qkv("v", False)
+
+    @property
+    def q_by_pos(self) -> Float[Tensor, "layer pos head"]:
+        return self._qkv("q", True)
+
+    @property
+    def k_by_pos(self) -> Float[Tensor, "layer pos head"]:
+        return self._qkv("k", True)
+
+    @property
+    def v_by_pos(self) -> Float[Tensor, "layer pos head"]:
+        return self._qkv("v", True)
+
+    @property
+    def resid_pre(self) -> Float[Tensor, "layer pos"]:
+        return self._stack("hook_resid_pre")
+
+    @property
+    def attn_out(self) -> Float[Tensor, "layer pos"]:
+        return self._stack("hook_attn_out")
+
+    @property
+    def mlp_out(self) -> Float[Tensor, "layer pos"]:
+        return self._stack("hook_mlp_out")
+
+    # Edges ----------------------------------------------------------------------------------------
+    def receiver_grads(self, receivers: Sequence) -> Float[Tensor, "receiver batch pos d_model"]:
+        """dM/d(receiver input), zero outside the receiver's positions.
+
+        A head's q/k/v input gradient is the gradient through that head's projection and ln1 only,
+        computed in closed form from `hook_q` (etc.) gradients: what backward hooks on
+        `hook_q_input` would give, without materialising per-head copies of the residual.
+        """
+        with torch.no_grad():
+            return self._receiver_grads(receivers)
+
+    def _receiver_grads(self, receivers: Sequence) -> Float[Tensor, "receiver batch pos d_model"]:
+        L = self.cfg.n_layers
+        out, cache = [], {}
+        for r in receivers:
+            if isinstance(r, HeadInput):
+                key = (r.layer, r.kind)
+                if key not in cache:
+                    block = self.model.blocks[r.layer]
+                    w = getattr(block.attn, f"W_{r.kind.upper()}")  # [head d_model d_head]
+                    g = self.grads[f"blocks.{r.layer}.attn.hook_{r.kind}"]
+                    g_ln = einsum(g, w, "batch pos head d_head, head d_model d_head -> batch pos head d_model")
+                    x = self.ref[f"blocks.{r.layer}.hook_resid_pre"]
+                    cache = {key: _layer_norm_backward(x, g_ln, block.ln1.w, block.ln1.eps)}
+                g = cache[key][:, :, r.head]
+            elif isinstance(r, MLPInput):
+                g = self.grads[f"blocks.{r.layer}.hook_mlp_in"]
+            else:
+                g = self.grads[source_hook(r, L)]
+            out.append(_mask(g, r.positions))
+        return torch.stack(out)
+
+    def _pairs(self, senders: list, receivers: list) -> Float[Tensor, "sender receiver"]:
+        """Edge attribution of every (sender, receiver) pair; zero where the sender cannot reach."""
+        with torch.no_grad():
+            return self._pairs_no_grad(senders, receivers)
+
+    def _pairs_no_grad(self, senders: list, receivers: list) -> Float[Tensor, "sender receiver"]:
+        deltas = torch.stack([write_delta(self.model, self.src, self.ref, s, None) for s in senders])
+        out = deltas.new_zeros(len(senders), len(receivers))
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for j, r in enumerate(receivers):  # one closed-form gradient per (layer, q|k|v) serves all its heads
+            key = (r.layer, r.kind) if isinstance(r, HeadInput) else (type(r).__name__, getattr(r, "layer", -1))
+            groups[key].append(j)
+        for idx in groups.values():
+            grads = self.receiver_grads([receivers[j] for j in idx])
+            out[:, idx] = einsum(deltas, grads, "s batch pos d, r batch pos d -> s r batch").mean(-1)
+        reach = torch.tensor([[reaches(s, r) for r in receivers] for s in senders], dtype=out.dtype)
+        return out * reach
+
+    def _scores(self, values: Tensor, senders, receivers) -> PathScores:
+        return PathScores(values, tuple(senders), tuple(tuple(g) for g in receivers), self.cfg.n_layers,
+                          self.cfg.n_heads, "attribution", self.direction, self.metric)  # fmt: skip
+
+    def _nodes(self, nodes, role: str, expand) -> list:
+        if isinstance(nodes, str):
+            return expand(self.cfg, nodes)
+        out = list(nodes) if isinstance(nodes, (list, tuple)) else [nodes]
+        check_nodes(self.cfg, out, role)
+        return out
+
+    def patch(self, senders, receivers) -> Tensor:
+        """First-order estimate of `PathPatcher.patch(senders, receivers)`: the sum over reachable pairs."""
+        S = self._nodes(senders, "sender", all_senders)
+        R = self._nodes(receivers, "receiver", all_receivers)
+        return self._pairs(S, R).sum()
+
+    def senders_into(self, receivers, senders="all") -> PathScores:
+        """Estimate of `PathPatcher.senders_into`: each sender through one receiver group (summed)."""
+        S = self._nodes(senders, "sender", all_senders)
+        R = self._nodes(receivers, "receiver", all_receivers)
+        return self._scores(self._pairs(S, R).sum(1, keepdim=True), S, [R])
+
+    def receivers_of(self, sender: Sender, receivers="all") -> PathScores:
+        """Estimate of `PathPatcher.receivers_of`: one sender through each receiver alone."""
+        S = self._nodes(sender, "sender", all_senders)
+        R = self._nodes(receivers, "receiver", all_receivers)
+        return self._scores(self._pairs(S[:1], R), S[:1], [(r,) for r in R])
+
+    def matrix(self, senders="all", receivers="all") -> PathScores:
+        """Estimate of `PathPatcher.matrix`: every sender through every receiver alone (edge scores)."""
+        S = self._nodes(senders, "sender", all_senders)
+        R = self._nodes(receivers, "receiver", all_receivers)
+        return self._scores(self._pairs(S, R), S, [(r,) for r in R])
+
+
+_PER_LAYER = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "hook_attn_out",
+              "hook_mlp_in", "hook_mlp_out")  # fmt: skip
+
+
+def _last_block_at_cls(model, resid_pre: Float[Tensor, "batch pos d_model"]) -> dict[str, Tensor]:
+    """The last block for the [CLS] query only (all keys and values): all that the logits depend on.
+
+    Returns its activations under their hook names: `[batch 1 ...]` at [CLS], k and v `[batch pos ...]`.
+    Computed from the block's own modules and weights; valid while no hook is attached to them.
+    """
+    L, block = model.cfg.n_layers, model.blocks[-1]
+    attn, H = block.attn, model.cfg.n_heads
+    name = f"blocks.{L - 1}."
+    ln = F.layer_norm(resid_pre, resid_pre.shape[-1:], block.ln1.w, block.ln1.b, block.ln1.eps)
+    q = rearrange(attn.q_proj(ln[:, :1]), "batch pos (head d_head) -> batch pos head d_head", head=H)
+    k = rearrange(attn.k_proj(ln), "batch pos (head d_head) -> batch pos head d_head", head=H)
+    v = rearrange(attn.v_proj(ln), "batch pos (head d_head) -> batch pos head d_head", head=H)
+    heads_first = "batch pos head d_head -> batch head pos d_head"
+    z = F.scaled_dot_product_attention(*(rearrange(t, heads_first) for t in (q, k, v)), scale=attn.scale)
+    z = rearrange(z, "batch head pos d_head -> batch pos head d_head")
+    attn_out = attn.o_proj(rearrange(z, "batch pos head d_head -> batch pos (head d_head)"))
+    resid_mid = resid_pre[:, :1] + attn_out
+    mlp_in = resid_mid.clone()
+    mlp_out = block.mlp(F.layer_norm(mlp_in, mlp_in.shape[-1:], block.ln2.w, block.ln2.b, block.ln2.eps))
+    acts = {"attn.hook_q": q, "attn.hook_k": k, "attn.hook_v": v, "attn.hook_z": z, "hook_attn_out": attn_out,
+            "hook_mlp_in": mlp_in, "hook_mlp_out": mlp_out, "hook_resid_post": resid_mid + mlp_out}  # fmt: skip
+    return {name + k: v for k, v in acts.items()}
+
+
+def _pad(t: Tensor, n_pos: int) -> Tensor:
+    """A [CLS]-only activation `[batch 1 ...]` as `[batch pos ...]`, zero elsewhere (where its gradient is zero)."""
+    if t.shape[1] == n_pos:
+        return t
+    out = t.new_zeros(t.shape[0], n_pos, *t.shape[2:])
+    out[:, :1] = t
+    return out
+
+
+def attribution_patch(
+    model,
+    clean: Float[Tensor, "batch frames channels height width"],
+    corrupt: Float[Tensor, "batch frames channels height width"],
+    metric: Metric,
+    *,
+    direction: Direction = "denoising",
+    hooks: Sequence[str] = (),
+    fast: bool = True,
+) -> Attribution:
+    """Two forwards (source cached, reference cached with a graph) and one backward of the metric.
+
+    `direction="denoising"`: reference = corrupt, source = clean (estimates patching clean values
+    into the corrupt run); `"noising"`: the other way. `hooks`: extra hook names to attribute
+    (e.g. `"ln_final.hook_normalized"`), read with `.node(name)`.
+    `fast`: when the metric reads the logits, no extra hooks are asked for and no hook is attached to
+    the model, both runs compute the last block for the [CLS] query only (the logits read nothing
+    else): the last layer's activations are then zero outside [CLS], where their gradient is zero,
+    so every attribution is unchanged.
+    """
+    if direction not in ("denoising", "noising"):
+        raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
+    if not isinstance(clean, Tensor) or not isinstance(corrupt, Tensor) or clean.shape != corrupt.shape:
+        raise ValueError("clean and corrupt must be tensors of one shape")
+    L, n_pos = model.cfg.n_layers, model.cfg.n_pos
+    names = ["hook_embed", "hook_pos_embed", f"blocks.{L - 1}.hook_resid_post", *hooks]
+    names += [f"blocks.{layer}.{n}" for layer in range(L) for n in _PER_LAYER]
+    for name in names + ([metric.reads] if metric.reads else []):
+        model._hook_point(name)
+    fast = fast and metric.reads is None and not hooks and not any(h.has_hooks for h in model.hook_dict.values())
+    grad_names = [n for n in names if n not in ("hook_embed", "hook_pos_embed")]
+    ref_x, src_x = (corrupt, clean) if direction == "denoising" else (clean, corrupt)
+    stop = L - 1 if fast else None
+
+    with torch.no_grad():
+        out, src_cache = model.run_with_cache(src_x, names_filter=names, stop_at_layer=stop)
+        src = dict(src_cache)
+        if fast:
+            src[f"blocks.{L - 1}.hook_resid_pre"] = out
+            src.update(_last_block_at_cls(model, out))
+    acts: dict[str, Tensor] = {}
+
+    def start_graph(t: Tensor, hook) -> Tensor:  # the graph starts at the embedding: no parameter gradients
+        return t.detach().requires_grad_(True)
+
+    def keep(t: Tensor, hook) -> None:
+        acts[hook.name] = t
+
+    capture = list(dict.fromkeys(names + ([metric.reads] if metric.reads else [])))
+    with torch.enable_grad(), model.hooks([("hook_embed", start_graph)] + [(n, keep) for n in capture]):
+        out = model(ref_x, stop_at_layer=stop)
+        if fast:
+            acts[f"blocks.{L - 1}.hook_resid_pre"] = out
+            acts.update(_last_block_at_cls(model, out))
+            out = model.unembed(model.ln_final(acts[f"blocks.{L - 1}.hook_resid_post"])[:, 0])
+        value = metric(out if metric.reads is None else acts[metric.reads])
+        grads = torch.autograd.grad(value.sum(), [acts[n] for n in grad_names], allow_unused=True)
+    grads_d = {n: _pad((g if g is not None else torch.zeros_like(acts[n])).detach(), n_pos)
+               for n, g in zip(grad_names, grads)}  # fmt: skip
+    ref = {n: _pad(acts[n].detach(), n_pos) for n in names}
+    src = {n: _pad(src[n], n_pos) for n in names}
+    return Attribution(model, src, ref, grads_d, direction, repr(metric), value.detach())
+
+
+# Agreement -----------------------------------------------------------------------------------
+def _ranks(x: Tensor) -> Tensor:
+    """Ranks from 0, ties sharing their average rank (what Spearman's correlation uses)."""
+    order = x.argsort()
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=x.dtype)
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), dtype=x.dtype).index_add_(0, inverse, ranks)
+    return (sums / counts)[inverse]
+
+
+def _pearson(a: Tensor, b: Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = (a.norm() * b.norm()).item()
+    return float("nan") if denom == 0 else float((a * b).sum() / denom)
+
+
+def agreement(exact, approx, k: int = 10) -> dict[str, float]:
+    """How well an approximation (attribution) matches exact scores, element by element.
+
+    `exact`, `approx`: tensors of one shape or `PathScores`. Returns Pearson and Spearman
+    correlation and `topk_overlap`: the fraction of the `k` largest-|score| elements of `exact`
+    that are also among the `k` largest of `approx`.
+    """
+    a = (exact.values if isinstance(exact, PathScores) else exact).detach().double().flatten()
+    b = (approx.values if isinstance(approx, PathScores) else approx).detach().double().flatten()
+    if a.shape != b.shape:
+        raise ValueError(f"exact and approx must have the same number of elements, got {a.numel()} and {b.numel()}")
+    keep = ~(a.isnan() | b.isnan())
+    a, b = a[keep], b[keep]
+    k = min(k, len(a))
+    top_a = set(a.abs().topk(k).indices.tolist())
+    top_b = set(b.abs().topk(k).indices.tolist())
+    return {
+        "pearson": _pearson(a, b),
+        "spearman": _pearson(_ranks(a), _ranks(b)),
+        "topk_overlap": len(top_a & top_b) / k if k else float("nan"),
+        "k": k,
+    }
+
+
+__all__ = ["Attribution", "agreement", "attribution_patch"]
