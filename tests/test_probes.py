@@ -81,8 +81,24 @@ def test_split_is_stratified_and_reproducible():
     tr, te = split_indices(y, 0.25, seed=1)
     assert (y[te] == 0).sum() == 8 and (y[te] == 1).sum() == 3
     assert torch.equal(split_indices(y, 0.25, seed=1)[1], te) and not set(tr.tolist()) & set(te.tolist())
-    with pytest.raises(ValueError, match="more than one label"):
+    with pytest.raises(ValueError, match="single group"):
         split_indices(y, groups=torch.zeros(40, dtype=torch.long))
+
+
+def test_minimal_pairs_are_held_out_whole():
+    """Groups that hold both labels (a pair: clean = 1, corrupt = 0): whole pairs go to one side."""
+    pairs = torch.arange(12).repeat_interleave(2)
+    labels = torch.tensor([1, 0] * 12)
+    tr, te = split_indices(labels, 0.25, groups=pairs, seed=2)
+    assert len(te) == 6 and not set(pairs[tr].tolist()) & set(pairs[te].tolist())
+    assert set(labels[te].tolist()) == set(labels[tr].tolist()) == {0, 1}
+    # a pair fingerprint (each pair its own offset, outcome carried by nothing): held-out pairs are at chance,
+    # a clip-level split that puts a pair's two clips on both sides sits below it (the partner gets the other label)
+    g = torch.Generator().manual_seed(0)
+    pairs, labels = torch.arange(60).repeat_interleave(2), torch.tensor([1, 0] * 60)
+    acts = (torch.randn(60, 64, generator=g)[pairs] * 3 + 0.1 * torch.randn(120, 64, generator=g))[None]
+    held_out = train_probes(acts, labels, groups=pairs)
+    assert 0.3 < float(held_out.test[0]) < 0.7
 
 
 def test_collect_activations_pools_cls_and_tokens(small_model):

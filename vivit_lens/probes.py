@@ -9,7 +9,8 @@ L-BFGS), one per layer. The control trains the same probe on shuffled labels: a 
 good on shuffled labels (on its training set) separates any labelling of these inputs, so its
 accuracy says little about a concept. With `groups` (e.g. one id per source video), the split
 keeps each group on one side, so a probe cannot pass by recognising clips it has seen ("a
-fingerprint"); the paper's two-video probe cannot even be split that way, and says so.
+fingerprint"): one id per minimal pair holds out whole pairs. The paper's two-video probe cannot
+even be split that way, and says so.
 """
 
 from __future__ import annotations
@@ -65,22 +66,33 @@ class ProbeResults:
 
 def split_indices(labels: Tensor, test_fraction: float | int = 0.25, groups: Tensor | None = None,
                   seed: int = 0) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Train/test indices, stratified by class; with `groups`, whole groups go to one side.
+    """Train/test indices; with `groups`, whole groups go to one side.
 
-    Each class puts `ceil(test_fraction * its count)` samples (or groups) in the test set, and
-    keeps at least one for training; a class with a single group cannot be split (ValueError).
+    Without groups, or when every group holds one label (clips of one source video), the split is
+    stratified: each class puts `ceil(test_fraction * its count)` samples (or groups) in the test
+    set and keeps at least one for training; a class with a single group cannot be split. When a
+    group holds several labels (a minimal pair: one clip per outcome), `ceil(test_fraction * n_groups)`
+    whole groups are held out at random, and both sides must still see every class.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"groups has {len(groups)} entries but labels has {len(labels)}")
     g = torch.Generator().manual_seed(seed)
     units = torch.arange(len(labels)) if groups is None else groups
+    if groups is not None and any(labels[groups == u].unique().numel() > 1 for u in groups.unique()):
+        members = groups.unique()
+        if len(members) < 2:
+            raise ValueError("a single group: it cannot be both trained on and held out")
+        k = min(max(1, math.ceil(test_fraction * len(members))), len(members) - 1)
+        is_test = torch.isin(groups, members[torch.randperm(len(members), generator=g)[:k]])
+        classes = labels.unique().numel()
+        if labels[is_test].unique().numel() < classes or labels[~is_test].unique().numel() < classes:
+            raise ValueError("the held-out groups and the training groups do not both hold every class")
+        return torch.nonzero(~is_test).reshape(-1), torch.nonzero(is_test).reshape(-1)
     test = []
     for c in labels.unique().tolist():
         members = units[labels == c].unique()
-        if groups is not None:
-            mixed = [int(u) for u in members if (labels[groups == u] != c).any()]
-            if mixed:
-                raise ValueError(f"groups {mixed[:5]} hold more than one label; a group must have one label")
         if len(members) < 2:
             what = "group" if groups is not None else "sample"
             raise ValueError(f"class {c} has a single {what}: it cannot be both trained on and held out")

@@ -16,7 +16,6 @@ per frame, drawn for all frames at once as soft-edged (anti-aliased) masks.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -621,27 +620,20 @@ def dataset(n: int, seed: int = 0, frames: int = 16, size: int | tuple[int, int]
 
 def write_pair(out_dir: str | Path, action: str, seed: int, frames: int = 16,
                size: int | tuple[int, int] = 64, fps: int | float = 8) -> PairSpec:
-    """Write clean.mp4, corrupt.mp4 and spec.json into `out_dir` via `vivit_lens.video.save`.
+    """Write clean.mp4, corrupt.mp4 and spec.json (the PairSpec, fps) into `out_dir`.
 
-    mp4/h264 is lossy. If `video.save` takes `lossless`, it is set and the files hold the exact
-    frames (spec.json: `"lossless": true`). Else if it takes `crf`, crf=0 is used: x264 then codes
-    the yuv420p frames losslessly, so the two files still decode bit-identical before the decisive
-    frame (`"identical_before_decisive": true`), though colours differ from the render by the
-    RGB -> yuv420p conversion (~2-6 levels). At x264's default crf, inter-frame coding leaks the
-    outcome into earlier frames (up to ~20 levels). The exact frames are always `render_pair`
-    of the seed in spec.json: rendering is deterministic.
+    The videos are lossless h264 (`video.save(..., lossless=True)`): `video.load` gives back exactly
+    the rendered frames, so the two files are identical before the decisive frame. (At x264's usual
+    lossy settings inter-frame coding would leak the outcome into earlier frames.)
     """
-    from vivit_lens import video  # lazy: the video module (PyAV) is optional for rendering
+    from vivit_lens import video  # lazy: rendering alone does not need PyAV
 
     clean, corrupt, spec = render_pair(action, seed, frames, size)
-    params = inspect.signature(video.save).parameters
-    options = {"lossless": True} if "lossless" in params else {"crf": 0} if "crf" in params else {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, clip in (("clean", clean), ("corrupt", corrupt)):
-        video.save(clip, out / f"{name}.mp4", fps, **options)
-    meta = dataclasses.asdict(spec) | {"fps": fps, "save_options": options, "lossless": "lossless" in options,
-                                        "identical_before_decisive": bool(options)}
+        video.save(clip, out / f"{name}.mp4", fps, lossless=True)
+    meta = dataclasses.asdict(spec) | {"fps": fps, "lossless": True}
     (out / "spec.json").write_text(json.dumps(meta, indent=2))
     return spec
 

@@ -1,0 +1,80 @@
+"""vivit_lens.train: seeded and reproducible, learns, and writes a folder that transformers loads to the same logits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import max_diff
+from vivit_lens import HookedViViT, synthetic
+from vivit_lens.train import HELDOUT_SEED, TrainConfig, heldout_clips, lr_at, main, to_pixels, train
+
+TINY = dict(frames=8, size=32, tubelet=(2, 16, 16), hidden=32, layers=2, heads=2, batch_size=8, n_eval=0,
+            progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic.dataset(48, seed=3, frames=8, size=32)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_same_weights_other_seed_other_weights(data):
+    a = train(TrainConfig(seed=1, steps=4, **TINY), data=data).model
+    b = train(TrainConfig(seed=1, steps=4, **TINY), data=data).model
+    c = train(TrainConfig(seed=2, steps=4, **TINY), data=data).model
+    sa, sb, sc = _state(a), _state(b), _state(c)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), "the same seed must give bit-identical weights"
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_training_lowers_the_loss_on_the_training_clips(data):
+    res = train(TrainConfig(seed=0, steps=40, lr=3e-3, warmup=5, **TINY), data=(data[0][:8], data[1][:8]))
+    assert np.mean(res.losses[-5:]) < 0.5 * np.mean(res.losses[:5]), res.losses
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr():
+    tc = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-5)
+    lrs = [lr_at(s, tc) for s in range(100)]
+    assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
+    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(1e-5)
+
+
+def test_heldout_seeds_are_outside_the_training_range():
+    x, y = heldout_clips(6, frames=8, size=32)
+    assert x.shape == (6, 8, 32, 32, 3) and list(y) == list(range(6))
+    first, _ = synthetic.render(synthetic.ACTIONS[0], HELDOUT_SEED, frames=8, size=32)
+    assert np.array_equal(x[0], first)
+    with pytest.raises(ValueError, match="held-out seeds"):
+        heldout_clips(2, start=5)
+
+
+def test_cli_writes_an_hf_folder_with_the_same_logits(tmp_path):
+    from transformers import VivitForVideoClassification
+
+    out = tmp_path / "m"
+    assert main(["--out", str(out), "--steps", "2", "--n-train", "16", "--n-eval", "6", "--frames", "8", "--size",
+                 "32", "--tubelet", "2", "16", "16", "--hidden", "32", "--layers", "2", "--heads", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0  # fmt: skip
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 2 and record["heldout_clips"] == 6 and record["command"].startswith("python -m")
+    ours = HookedViViT.from_pretrained(out)
+    hf = VivitForVideoClassification.from_pretrained(out).eval()
+    assert hf.config.id2label[0] == synthetic.ACTIONS[0]
+    assert record["n_parameters"] == sum(p.numel() for p in ours.parameters())
+    x = to_pixels(synthetic.dataset(2, seed=9, frames=8, size=32)[0], ours.processor)
+    with torch.no_grad():
+        assert max_diff(ours(x), hf(pixel_values=x).logits) < 1e-5
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="attention"):
+        TrainConfig(attention="fast")
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        train(TrainConfig(steps=1, **{**TINY, "batch_size": 64}), data=synthetic.dataset(6, seed=0, frames=8, size=32))

@@ -1,0 +1,298 @@
+"""`vivit-lens`: the paper's analysis of a minimal pair (`analyze`) and over many pairs (`study`), from the shell.
+
+    vivit-lens analyze                                   # the shipped tiny model and bowling pair -> ./vivit_lens_report/
+    vivit-lens analyze strike.mp4 gutter.mp4 --model google/vivit-b-16x2-kinetics400 --out out/
+    vivit-lens study --pairs 20                          # bowling and golf_putt pairs, 95% bootstrap CIs
+
+Exit codes: 0 done, 2 bad input (a one-line message on stderr, no traceback), 1 an unexpected error.
+The work is done by `vivit_lens.analysis` (numbers) and `vivit_lens.report` (files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vivit-lens", description="Mechanistic analysis of ViViT video classifiers "
+                                "on outcome minimal pairs (clean = success clip, corrupt = failure clip).")  # fmt: skip
+    sub = p.add_subparsers(dest="command", metavar="{analyze,study}")
+    sub.required = True
+
+    def common(q: argparse.ArgumentParser, out_default: str) -> None:
+        q.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the shipped tiny model)")
+        q.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
+        q.add_argument("--class", dest="cls", default=None, metavar="NAME",
+                       help="class for the logit measurements: a label or an index (default: the model's top "
+                            "prediction on the clean clip)")  # fmt: skip
+        q.add_argument("--signal-layer", type=int, default=None,
+                       help="layer whose output residual carries the patching signal (default: the last)")
+        q.add_argument("--signal-positions", choices=("cls", "all"), default="cls",
+                       help="tokens of that residual the signal is read at (default: cls)")
+        q.add_argument("--batch-size", type=int, default=16, help="patched runs per forward pass (default: 16)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bars")
+        q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    a = sub.add_parser("analyze", help="analyse one clean/corrupt pair and write report.html + results.json",
+                       description="Run the paper's analysis on one minimal pair (with no videos: the shipped "
+                                   "bowling pair) and write report.html, results.json and figures/*.png.")  # fmt: skip
+    a.add_argument("clean", nargs="?", help="the success clip (e.g. strike.mp4)")
+    a.add_argument("corrupt", nargs="?", help="the failure clip (e.g. gutter.mp4)")
+    common(a, "vivit_lens_report")
+    a.add_argument("--region", default=None, metavar="X0,Y0,X1,Y1",
+                   help="outcome region for ablation, in model-input pixels, ends exclusive (default: the box in a "
+                        "spec.json next to the videos, else the tokens where the clips differ most)")  # fmt: skip
+    a.add_argument("--frames", default=None, metavar="A:B",
+                   help="model-input frames [A, B) of the region (default with --region: all frames)")
+    a.add_argument("--top-heads", type=int, default=4, help="heads shown with [CLS] attention (default: 4)")
+    a.add_argument("--composers", type=int, default=3,
+                   help="MLPs (largest recovery) whose head inputs are path-patched (default: 3)")
+
+    s = sub.add_parser("study", help="the same measurements over many pairs, with bootstrap CIs and a held-out probe",
+                       description="Generate N synthetic minimal pairs per action at the model's size (or read "
+                                   "pairs from a CSV), run the per-pair measurements, and report means with 95% "
+                                   "bootstrap confidence intervals and a per-layer outcome probe on held-out "
+                                   "pairs.")  # fmt: skip
+    common(s, "vivit_lens_study")
+    s.add_argument("--pairs", type=int, default=20, help="generated pairs per action (default: 20)")
+    s.add_argument("--action", "--domain", dest="actions", action="append", default=None, metavar="ACTION",
+                   help="action to generate pairs of (repeatable; default: bowling and golf_putt)")
+    s.add_argument("--pairs-csv", default=None, metavar="FILE",
+                   help="user pairs instead: a CSV with columns clean,corrupt (paths relative to the CSV) and an "
+                        "optional column domain")  # fmt: skip
+    s.add_argument("--seed", type=int, default=0, help="first pair seed, and the bootstrap and probe seed (default: 0)")
+    s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    s.add_argument("--test-fraction", type=float, default=0.25, help="share of pairs held out for the probe")
+    return p
+
+
+# Inputs ------------------------------------------------------------------------------------------
+def _shipped_model() -> str:
+    from vivit_lens.assets import tiny_model_path
+
+    try:
+        return str(tiny_model_path())
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}; or pass --model FOLDER_OR_HUB_ID") from None
+
+
+def _shipped_pair(action: str) -> tuple[str, str]:
+    from vivit_lens.assets import pair_paths
+
+    try:
+        clean, corrupt, _spec = pair_paths(action)
+    except ValueError as e:
+        raise UsageError(f"{e}; pass CLEAN CORRUPT videos") from None
+    return str(clean), str(corrupt)
+
+
+def _load_model(name: str | None):
+    from vivit_lens import HookedViViT
+
+    name = name or _shipped_model()
+    try:
+        return HookedViViT.from_pretrained(name), name
+    except (OSError, ValueError) as e:  # not found, unreadable, not a ViViT, weights that do not fit
+        raise UsageError(f"cannot load the model {name!r}: {e}") from None
+
+
+def _parse_region(model, region: str | None, frames: str | None):
+    from vivit_lens.analysis import Region
+
+    if region is None and frames is None:
+        return None
+    if region is None:
+        h, w = model.cfg.image_size
+        box = (0, 0, w, h)
+    else:
+        try:
+            box = tuple(int(v) for v in region.split(","))
+            assert len(box) == 4
+        except (ValueError, AssertionError):
+            raise UsageError(f"--region must be four integers X0,Y0,X1,Y1, got {region!r}") from None
+    if frames is None:
+        span = (0, model.cfg.num_frames)
+    else:
+        try:
+            a, b = frames.split(":")
+            span = (int(a) if a else 0, int(b) if b else model.cfg.num_frames)
+        except ValueError:
+            raise UsageError(f"--frames must be A:B (model-input frames, B exclusive), got {frames!r}") from None
+    return Region.from_box(model, box, span, "--region/--frames")
+
+
+def _resolve_class(model, name: str | None):
+    from vivit_lens.analysis import resolve_class
+
+    try:
+        return resolve_class(model, name)
+    except KeyError as e:
+        raise UsageError(str(e.args[0])) from None
+
+
+def _check_common(args) -> None:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def _check_signal_layer(model, layer: int | None) -> None:
+    n = model.cfg.n_layers
+    if layer is not None and not 0 <= layer < n:
+        raise UsageError(f"--signal-layer must be in [0, {n - 1}] for this {n}-layer model, got {layer}")
+
+
+# Commands ----------------------------------------------------------------------------------------
+def cmd_analyze(args, log) -> int:
+    from vivit_lens import analysis, report
+
+    _check_common(args)
+    if (args.clean is None) != (args.corrupt is None):
+        raise UsageError("give both CLEAN and CORRUPT videos, or neither (the shipped bowling pair)")
+    if args.top_heads < 1 or args.composers < 0:
+        raise UsageError("--top-heads must be >= 1 and --composers >= 0")
+    t0 = time.perf_counter()
+    clean_path, corrupt_path = (args.clean, args.corrupt) if args.clean else _shipped_pair("bowling")
+    for p in (clean_path, corrupt_path):
+        if not Path(p).is_file():
+            raise UsageError(f"no such video file: {p}")
+    model, name = _load_model(args.model)
+    _check_signal_layer(model, args.signal_layer)
+    cls = _resolve_class(model, args.cls)
+    pair = analysis.load_pair(model, clean_path, corrupt_path)
+    region = _parse_region(model, args.region, args.frames) or pair.region
+    log(f"model {name}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, {model.cfg.n_pos} tokens")
+    res = analysis.analyze_pair(model, pair.clean, pair.corrupt, label=cls, region=region,
+                                signal_layer=args.signal_layer, signal_positions=args.signal_positions,
+                                top_heads=args.top_heads, n_composers=args.composers, batch_size=args.batch_size,
+                                progress=not args.no_progress)  # fmt: skip
+    res["definitions"] = analysis.DEFINITIONS
+    res["meta"] = analysis.provenance(model, name, inputs=pair.meta, command=["vivit-lens", *args.argv])
+    res["timings_s"]["total_before_report"] = time.perf_counter() - t0
+    paths = report.write_analysis(res, args.out, frames=analysis.display_frames(pair.clean, model.processor),
+                                  progress=not args.no_progress)  # fmt: skip
+    log(f"wrote {paths['report']}, {paths['results']} and {paths['figures']}/ in {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
+
+
+def _read_pairs_csv(model, path: str) -> dict:
+    from vivit_lens import analysis
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"no such CSV file: {path}")
+    try:
+        with file.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    if not rows or not {"clean", "corrupt"} <= set(rows[0]):
+        raise UsageError(f"{path} must be a CSV with a header row naming the columns clean,corrupt (got "
+                         f"{sorted(rows[0]) if rows else 'no rows'})")  # fmt: skip
+    pairs: dict[str, list] = {}
+    for i, row in enumerate(rows):
+        paths = [file.parent / row[k].strip() if not Path(row[k].strip()).is_absolute() else Path(row[k].strip())
+                 for k in ("clean", "corrupt")]  # fmt: skip
+        try:
+            pair = analysis.load_pair(model, *paths)
+        except analysis.PairError as e:
+            raise UsageError(f"{path}, row {i + 2}: {e}") from None
+        pair.name = f"row{i + 2}:{paths[0].name}"
+        pairs.setdefault((row.get("domain") or "user").strip() or "user", []).append(pair)
+    return pairs
+
+
+def cmd_study(args, log) -> int:
+    from vivit_lens import analysis, report, synthetic
+
+    _check_common(args)
+    if args.pairs < 1:
+        raise UsageError(f"--pairs must be >= 1, got {args.pairs}")
+    if args.bootstrap < 1:
+        raise UsageError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    if not 0 < args.test_fraction < 1:
+        raise UsageError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    actions = args.actions or ["bowling", "golf_putt"]
+    for a in actions:
+        if a not in synthetic.ACTIONS:
+            raise UsageError(f"unknown action {a!r}; expected one of {', '.join(synthetic.ACTIONS)}")
+    t0 = time.perf_counter()
+    model, name = _load_model(args.model)
+    _check_signal_layer(model, args.signal_layer)
+    cls = _resolve_class(model, args.cls)
+    if args.pairs_csv:
+        pairs = _read_pairs_csv(model, args.pairs_csv)
+        source = {"pairs_csv": str(args.pairs_csv)}
+    else:
+        pairs = {a: analysis.generate_pairs(model, a, args.pairs, seed=args.seed, progress=not args.no_progress)
+                 for a in actions}  # fmt: skip
+        source = {"generated": {"actions": actions, "pairs_per_action": args.pairs, "first_seed": args.seed,
+                                "renderer": "vivit_lens.synthetic.render_pair"}}  # fmt: skip
+    log(f"model {name}: {sum(len(v) for v in pairs.values())} pairs in {len(pairs)} domain(s)")
+    st = analysis.study(model, pairs, label=cls, signal_layer=args.signal_layer,
+                        signal_positions=args.signal_positions, n_boot=args.bootstrap, seed=args.seed,
+                        test_fraction=args.test_fraction, progress=not args.no_progress,
+                        batch_size=args.batch_size)  # fmt: skip
+    st["definitions"] = {**analysis.DEFINITIONS,
+                         "bootstrap_ci": analysis.DEFINITIONS["bootstrap_ci"].format(n_boot=args.bootstrap,
+                                                                                     seed=args.seed)}  # fmt: skip
+    st["meta"] = analysis.provenance(model, name, pairs=source, command=["vivit-lens", *args.argv])
+    st["timings_s"] = {"total_before_report": time.perf_counter() - t0}
+    paths = report.write_study(st, args.out, progress=not args.no_progress)
+    log(f"wrote {paths['report']}, {paths['results']} and {paths['figures']}/ in {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from vivit_lens import CheckpointError, CheckpointNotFoundError, InputError
+    from vivit_lens.analysis import PairError
+    from vivit_lens.config import ConfigError
+    from vivit_lens.video import VideoError
+
+    return (UsageError, PairError, VideoError, InputError, ConfigError, CheckpointError, CheckpointNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `vivit-lens` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed its usage message
+        return EXIT_OK if e.code == 0 else EXIT_BAD_INPUT
+    args.argv = argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr)
+
+    bad = _bad_input_types()
+    try:
+        return cmd_analyze(args, log) if args.command == "analyze" else cmd_study(args, log)
+    except KeyboardInterrupt:
+        print("vivit-lens: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the boundary between the library and the shell
+        if isinstance(e, bad):
+            print(f"vivit-lens {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        traceback.print_exc()
+        print(f"vivit-lens {args.command}: unexpected error ({type(e).__name__}: {e}); please report it with the "
+              "traceback above", file=sys.stderr)  # fmt: skip
+        return EXIT_UNEXPECTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

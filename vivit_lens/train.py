@@ -1,0 +1,319 @@
+"""Train a small ViViT on the synthetic action clips, with the project's own `HookedViViT`, on CPU.
+
+The label is the action (`synthetic.ACTIONS`); outcomes are drawn at random and never the label.
+The model sees exactly what `video.preprocess` makes of the uint8 frames, and is written as an HF
+folder (config.json, model.safetensors, preprocessor_config.json) plus `training.json`, the record
+of the run (command, seed, steps, wall time, accuracies, versions).
+
+    python -m vivit_lens.train --out vivit_lens/assets/tiny_vivit --seed 0   # the shipped model (defaults; ~21 min)
+    result = train(TrainConfig(steps=20, n_train=64))       # in Python: model, losses, accuracies
+    x, y = heldout_clips(240)                               # clips from seeds no training set draws
+
+Seeds. `synthetic.dataset(n, seed)` draws each clip's render seed from [0, 2**31); held-out clips
+are rendered from seeds >= 2**31 (`HELDOUT_SEED`), so they can never coincide with a training clip.
+Reproducibility: the same seed gives bit-identical weights with the same torch version, thread
+count (`--threads`) and attention backend; elsewhere the run is statistically, not bitwise, the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int64, UInt8
+from torch import nn
+from tqdm.auto import tqdm
+
+from vivit_lens import synthetic, video
+from vivit_lens.config import ProcessorConfig, ViViTConfig
+from vivit_lens.model import HookedViViT
+
+logger = logging.getLogger(__name__)
+
+HELDOUT_SEED = 2**31  # synthetic.dataset draws clip seeds below this; held-out clips use seeds from here on
+Clips = UInt8[np.ndarray, "n frames height width 3"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; `training.json` records it whole."""
+
+    seed: int = 0
+    # data
+    n_train: int = 4000
+    n_eval: int = 240
+    frames: int = 16
+    size: int = 64
+    flip: bool = True  # augmentation: mirror a clip left-right (the renderer draws both orientations)
+    # model
+    tubelet: tuple[int, int, int] = (2, 8, 8)
+    hidden: int = 64
+    layers: int = 6
+    heads: int = 4
+    mlp_ratio: int = 4
+    # Weight init std; None: hidden ** -0.5. (timm's 0.02 is ~0.55 / sqrt(768), sized for ViT-B; at hidden 64
+    # it leaves every attention logit near 0 and the loss sits at chance for hundreds of steps.)
+    init_std: float | None = None
+    # optimisation
+    steps: int = 1200
+    batch_size: int = 16
+    lr: float = 1.5e-3
+    min_lr: float = 1e-5
+    warmup: int = 60
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    # runtime
+    threads: int = 2
+    attention: str = "math"  # scaled-dot-product backend while training: "math", "flash" or "default"
+    eval_every: int = 400  # held-out evaluation every k steps (0: only at the end)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tubelet", tuple(int(t) for t in self.tubelet))
+        if self.attention not in ("math", "flash", "default"):
+            raise ValueError(f"attention must be 'math', 'flash' or 'default', got {self.attention!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.n_train < 1:
+            raise ValueError("steps, batch_size and n_train must be >= 1")
+
+
+@dataclass
+class TrainResult:
+    model: HookedViViT
+    losses: list[float]  # training loss of every step
+    train_accuracy: float  # on (up to) 600 training clips, after training
+    heldout_accuracy: float | None  # on `n_eval` clips from held-out seeds (None when n_eval = 0)
+    heldout_loss: float | None
+    wall_seconds: float
+    history: list[dict[str, float]]  # periodic held-out evaluations
+
+
+def model_config(tc: TrainConfig) -> ViViTConfig:
+    return ViViTConfig(
+        image_size=tc.size, num_frames=tc.frames, tubelet_size=tc.tubelet, hidden_size=tc.hidden,
+        num_hidden_layers=tc.layers, num_attention_heads=tc.heads, intermediate_size=tc.mlp_ratio * tc.hidden,
+        hidden_act="gelu_fast", layer_norm_eps=1e-6, qkv_bias=True,
+        id2label=dict(enumerate(synthetic.ACTIONS)), initializer_range=0.02,
+    )
+
+
+def processor_config(tc: TrainConfig) -> ProcessorConfig:
+    """VivitImageProcessor's chain at the clip size: resize and crop are the identity on size x size frames."""
+    return ProcessorConfig(shortest_edge=tc.size, crop_size=(tc.size, tc.size))
+
+
+def init_weights_(model: HookedViViT, generator: torch.Generator, std: float) -> HookedViViT:
+    """Truncated normal (std, cut at 2 std) for every projection, zero biases, normal(std) for the
+    [CLS] token and position embeddings, LayerNorm weight 1 and bias 0."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv3d)):
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+        model.embed.cls_token.normal_(0, std, generator=generator)
+        model.pos_embed.W_pos.normal_(0, std, generator=generator)
+        nn.init.trunc_normal_(model.unembed.W_U, std=std, a=-2 * std, b=2 * std, generator=generator)
+        model.unembed.b_U.zero_()  # LayerNorms keep their construction values: weight 1, bias 0
+    return model
+
+
+def heldout_clips(n: int, frames: int = 16, size: int = 64, start: int = HELDOUT_SEED,
+                  ) -> tuple[Clips, Int64[np.ndarray, " n"]]:
+    """`n` clips rendered from seeds `start, start + 1, ...` (>= 2**31 by default, so never a
+    `synthetic.dataset` clip), actions in turn (balanced), outcome drawn from each seed."""
+    if start < HELDOUT_SEED:
+        raise ValueError(f"held-out seeds must be >= {HELDOUT_SEED} (synthetic.dataset draws below it), got {start}")
+    labels = np.arange(n, dtype=np.int64) % len(synthetic.ACTIONS)
+    clips = [synthetic.render(synthetic.ACTIONS[y], start + i, frames=frames, size=size)[0]
+             for i, y in enumerate(labels)]
+    return np.stack(clips), labels
+
+
+def to_pixels(frames: np.ndarray, processor: ProcessorConfig) -> torch.Tensor:
+    """Model input for uint8 clips [batch frames height width 3]: `video.preprocess` itself."""
+    return video.preprocess(frames, processor)
+
+
+@torch.no_grad()
+def evaluate(model: HookedViViT, x: Clips, y: np.ndarray, processor: ProcessorConfig,
+             batch_size: int = 32) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` on uint8 clips `x` with labels `y`."""
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits = model(to_pixels(x[i:i + batch_size], processor))
+        target = torch.from_numpy(y[i:i + batch_size])
+        correct += int((logits.argmax(-1) == target).sum())
+        loss += float(F.cross_entropy(logits, target, reduction="sum"))
+    model.train(was_training)
+    return correct / len(x), loss / len(x)
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step."""
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    progress = (step - tc.warmup) / max(1, tc.steps - tc.warmup - 1)
+    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _attention_backend(name: str):
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH if name == "math" else SDPBackend.FLASH_ATTENTION)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless minibatch indices: a fresh permutation of the training set every epoch."""
+    while True:
+        perm = torch.randperm(n, generator=generator).numpy()
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i:i + batch_size]
+
+
+def train(tc: TrainConfig, data: tuple[Clips, np.ndarray] | None = None) -> TrainResult:
+    """Train a fresh model per `tc`; `data` (uint8 clips, labels) replaces the generated training set."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    cfg, processor = model_config(tc), processor_config(tc)
+    if data is None:
+        logger.info("rendering %d training clips (seed %d, %d frames, %dx%d)", tc.n_train, tc.seed, tc.frames,
+                    tc.size, tc.size)
+        data = synthetic.dataset(tc.n_train, seed=tc.seed, frames=tc.frames, size=tc.size)
+    x_train, y_train = data
+    if len(x_train) < tc.batch_size:
+        raise ValueError(f"the training set ({len(x_train)} clips) is smaller than one batch ({tc.batch_size})")
+    x_eval, y_eval = heldout_clips(tc.n_eval, tc.frames, tc.size) if tc.n_eval else (None, None)
+
+    gen = torch.Generator().manual_seed(tc.seed)
+    model = init_weights_(HookedViViT(cfg, processor), gen, tc.init_std or tc.hidden**-0.5)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model: %d layers, %d heads, d_model %d, %d tokens, %d parameters", cfg.n_layers, cfg.n_heads,
+                cfg.d_model, cfg.n_pos, n_params)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.999))
+    flip_rng = np.random.default_rng([tc.seed, 1])
+    batches = _batches(len(x_train), tc.batch_size, gen)
+    losses: list[float] = []
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(tc.steps), desc="train", disable=not tc.progress, mininterval=2.0)
+    with _attention_backend(tc.attention):
+        for step in bar:
+            idx = next(batches)
+            clips = x_train[idx]
+            if tc.flip:
+                mirror = flip_rng.random(len(idx)) < 0.5
+                clips = np.where(mirror[:, None, None, None, None], clips[:, :, :, ::-1], clips)
+            pixels, target = to_pixels(clips, processor), torch.from_numpy(y_train[idx])
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, tc)
+            loss = F.cross_entropy(model(pixels), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr_at(step, tc):.1e}", refresh=False)
+            if (step + 1) % 25 == 0 or step + 1 == tc.steps:
+                logger.info("step %d/%d  loss %.4f (mean of last 25)  lr %.2e  %.0fs", step + 1, tc.steps,
+                            np.mean(losses[-25:]), lr_at(step, tc), time.perf_counter() - t0)
+            if tc.eval_every and x_eval is not None and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
+                acc, eval_loss = evaluate(model, x_eval, y_eval, processor)
+                history.append({"step": step + 1, "heldout_accuracy": acc, "heldout_loss": eval_loss})
+                logger.info("step %d: held-out accuracy %.4f, loss %.4f", step + 1, acc, eval_loss)
+    model.eval()
+    n_check = min(len(x_train), 600)
+    train_acc, _ = evaluate(model, x_train[:n_check], y_train[:n_check], processor)
+    heldout_acc, heldout_loss = evaluate(model, x_eval, y_eval, processor) if x_eval is not None else (None, None)
+    wall = time.perf_counter() - t0
+    logger.info("done in %.0fs: train accuracy %.4f (%d clips), held-out accuracy %s", wall, train_acc, n_check,
+                heldout_acc)
+    return TrainResult(model, losses, train_acc, heldout_acc, heldout_loss, wall, history)
+
+
+def training_record(tc: TrainConfig, result: TrainResult, command: str | None = None) -> dict[str, Any]:
+    """The JSON record of a run: what ran, on what, and what came out."""
+    return {
+        "command": command,
+        "seed": tc.seed,
+        "steps": tc.steps,
+        "train_config": dataclasses.asdict(tc),
+        "wall_seconds": round(result.wall_seconds, 1),
+        "train_accuracy": result.train_accuracy,
+        "train_accuracy_clips": min(tc.n_train, 600),
+        "heldout_accuracy": result.heldout_accuracy,
+        "heldout_loss": result.heldout_loss,
+        "heldout_clips": tc.n_eval,
+        "heldout_seeds": f"[{HELDOUT_SEED}, {HELDOUT_SEED + tc.n_eval}) with synthetic.render; actions in turn",
+        "train_seeds": f"synthetic.dataset(n={tc.n_train}, seed={tc.seed}) (clip seeds drawn below {HELDOUT_SEED})",
+        "final_loss_mean_last_25": float(np.mean(result.losses[-25:])),
+        "loss_every_25_steps": [round(float(np.mean(result.losses[i:i + 25])), 4)
+                                for i in range(0, len(result.losses), 25)],
+        "history": result.history,
+        "n_parameters": sum(p.numel() for p in result.model.parameters()),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "threads": tc.threads,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "reproducibility": "bit-identical weights need the same torch version, thread count and attention backend",
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m vivit_lens.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="folder to write the HF model and training.json into")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("progress", "tubelet", "flip", "init_std"):
+            continue
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(d, f.name)), default=getattr(d, f.name))
+    p.add_argument("--tubelet", type=int, nargs=3, default=list(d.tubelet), metavar=("T", "H", "W"))
+    p.add_argument("--init-std", type=float, default=None, help="weight init std (default: hidden ** -0.5)")
+    p.add_argument("--no-flip", action="store_true", help="no left-right mirroring augmentation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if f.name not in ("progress", "flip")}
+    kwargs["tubelet"] = tuple(kwargs["tubelet"])
+    tc = TrainConfig(**kwargs, flip=not args.no_flip, progress=not args.no_progress)
+    result = train(tc)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result.model.save_pretrained(args.out)
+    command = shlex.join(["python", "-m", "vivit_lens.train", *(sys.argv[1:] if argv is None else argv)])
+    record = training_record(tc, result, command)
+    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
