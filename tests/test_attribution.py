@@ -4,7 +4,6 @@ scipy for the agreement statistics."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -21,9 +20,6 @@ from vivit_lens.paths import (
 LABEL = 3
 TOL = 1e-5
 
-# Where the trained small ViViT will live once it ships (a folder HookedViViT.from_pretrained reads). Until
-# then the agreement report runs on the random small model; point this (or $VIVIT_LENS_TRAINED) at it.
-TRAINED_MODEL_PATH = os.environ.get("VIVIT_LENS_TRAINED")
 
 
 @pytest.fixture(scope="module")
@@ -284,20 +280,26 @@ def test_agreement_matches_scipy():
         agreement(a, b[:2])
 
 
-@pytest.fixture(scope="module")
-def agreement_model(small_model):
-    """The model the agreement is reported on: the trained small ViViT when TRAINED_MODEL_PATH is set."""
-    if TRAINED_MODEL_PATH:
-        return HookedViViT.from_pretrained(TRAINED_MODEL_PATH)
-    return small_model
+def _shipped_pair():
+    from vivit_lens import assets
+    from vivit_lens.analysis import load_pair
+
+    model = HookedViViT.from_pretrained(assets.tiny_model_path())
+    clean_path, corrupt_path, _ = assets.pair_paths("bowling")
+    pair = load_pair(model, clean_path, corrupt_path)
+    return model, pair.clean, pair.corrupt
 
 
-def test_report_agreement_of_attribution_with_exact_patching(agreement_model, capsys):
+@pytest.mark.parametrize("which", ["random small model", "shipped trained model, shipped bowling pair"])
+def test_report_agreement_of_attribution_with_exact_patching(which, small_model, capsys):
     """Prints Pearson / Spearman / top-k overlap of attribution vs exact patching (heads, paths, edges)."""
-    model = agreement_model
+    if which.startswith("random"):
+        model, (clean, corrupt), label = small_model, minimal_pair(small_model.cfg), LABEL
+    else:
+        model, clean, corrupt = _shipped_pair()
+        with torch.no_grad():
+            label = int(model(clean).argmax(-1)[0])
     cfg = model.cfg
-    clean, corrupt = minimal_pair(cfg)
-    label = int(model(clean).argmax(-1)[0]) if TRAINED_MODEL_PATH else LABEL
     metric = Logit(label)
     a = attribution_patch(model, clean, corrupt, metric)
     heads = torch.tensor([[activation_patch(model, clean, corrupt, Head(l, h), metric) for h in range(cfg.n_heads)]
@@ -310,7 +312,6 @@ def test_report_agreement_of_attribution_with_exact_patching(agreement_model, ca
         "all edges (path patching)": agreement(pp.matrix(), a.matrix(), k=20),
     }
     with capsys.disabled():
-        which = TRAINED_MODEL_PATH or "random small model (set VIVIT_LENS_TRAINED for the trained one)"
         print(f"\nattribution vs exact patching on {which}, label {label}, minimal pair:")
         for name, r in rows.items():
             print(f"  {name:42s} pearson {r['pearson']:.3f}  spearman {r['spearman']:.3f}  "
