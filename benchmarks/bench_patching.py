@@ -1,7 +1,7 @@
 """Per-head activation patching on the full ViViT-B: vivit_lens' engine vs the naive way, side by side.
 
     python benchmarks/bench_patching.py                      # quick look: layers 3 and 8, all 12 heads
-    python benchmarks/bench_patching.py --layers all         # the whole 144-head sweep (about 20 min naive)
+    python benchmarks/bench_patching.py --layers all --no-second-ours   # the whole 144-head sweep (~32 min)
     python benchmarks/bench_patching.py --layers 0,11 --heads 0,5 --metric signal
 
 Naive = what TransformerLens' patching does: one full forward from pixels per patched head, with
@@ -117,7 +117,7 @@ def main() -> None:
     print(f"full ViViT-B ({cfg.n_layers} layers x {cfg.n_heads} heads, {cfg.n_pos} tokens), input "
           f"[1, {cfg.num_frames}, 3, {cfg.image_size[0]}, {cfg.image_size[1]}], {args.threads} threads; "
           f"setup {time.perf_counter() - t0:.1f} s")
-    print(f"subset: layers {layers} x heads {heads} = {len(pairs)} patched runs; metric {type(metric).__name__}"
+    print(f"patched: layers {layers} x heads {heads} = {len(pairs)} runs; metric {type(metric).__name__}"
           f"{f'({label})' if args.metric == 'logit' else ' (final layer, CLS)'}; batch_size {args.batch_size}")
 
     wall = {"ours": [], "naive": [], "naive-TL": []}
@@ -147,7 +147,7 @@ def main() -> None:
           f"1e-5{'' if args.metric == 'logit' else '; a percentage of a small residual difference: float32 rounding'})")
     w_o, w_n = statistics.mean(wall["ours"]), wall["naive"][0]
     c_o, c_n = statistics.mean(cpu["ours"]), cpu["naive"][0]
-    print(f"subset: layers {layers} x heads {heads} ({len(pairs)} patched runs)")
+    print(f"patched: layers {layers} x heads {heads} ({len(pairs)} runs)")
     print(f"wall time: ours {w_o:.1f} s, naive {w_n:.1f} s ({w_n / len(pairs):.2f} s per forward): "
           f"speed-up {w_n / w_o:.2f}x")
     print(f"cpu time : ours {c_o:.1f} s, naive {c_n:.1f} s: speed-up {c_n / c_o:.2f}x "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark, one after another (they share the machine's cores; never run them in parallel),
-# each printing its side-by-side table; the outputs land in benchmarks/results/. About 25 minutes on 2 cores.
+# each printing its side-by-side table; the outputs land in benchmarks/results/. About an hour on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
@@ -9,4 +9,5 @@ run model python benchmarks/bench_model.py
 run video python benchmarks/bench_video.py
 run paths python benchmarks/bench_paths.py --senders 3 --json benchmarks/results/paths.json
 run patching python benchmarks/bench_patching.py --layers 3,8
+run patching_full python benchmarks/bench_patching.py --layers all --no-second-ours   # about 32 minutes
 run analyze bash -c 'cd "$(mktemp -d)" && /usr/bin/time -v vivit-lens analyze --no-progress 2>&1 | grep -E "Elapsed|Maximum resident"'

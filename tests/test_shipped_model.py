@@ -86,3 +86,14 @@ def test_shipped_pairs_are_minimal_pairs_the_model_classifies(model, action):
 def test_unknown_pair_is_refused():
     with pytest.raises(ValueError, match="no shipped minimal pair"):
         assets.pair_paths("curling")
+
+
+def test_write_pairs_reproduces_the_shipped_pairs(tmp_path):
+    """`python -m vivit_lens.assets` picks the same seeds and writes the same frames as the shipped files."""
+    seeds = assets.write_pairs(out=tmp_path)
+    for action, seed in seeds.items():
+        shipped = json.loads(assets.pair_paths(action)[2].read_text())
+        assert json.loads((tmp_path / action / "spec.json").read_text()) == shipped and shipped["seed"] == seed
+        for name in ("clean.mp4", "corrupt.mp4"):
+            ours = video.load(tmp_path / action / name).frames
+            np.testing.assert_array_equal(ours, video.load(assets.pair_paths(action)[0].parent / name).frames)
