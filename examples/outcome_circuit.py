@@ -11,15 +11,13 @@
     python examples/outcome_circuit.py MODEL CLEAN CORRUPT
 """
 
-import json
 import sys
-from pathlib import Path
 
 import torch
 
 from vivit_lens import HookedViViT
 from vivit_lens.ablation import Ablation, ablate, mask_pixels, topk_table
-from vivit_lens.analysis import load_pair
+from vivit_lens.analysis import load_pair, region_from_difference
 from vivit_lens.assets import example_inputs
 from vivit_lens.metrics import SignalRecovery, final_resid_hook
 from vivit_lens.patching import (
@@ -38,26 +36,16 @@ logits_clean, clean_cache = model.run_with_cache(clean)
 _, corrupt_cache = model.run_with_cache(corrupt)
 label = int(logits_clean[0].argmax())
 
-# 1. The region: the spec.json of a synthetic pair gives the outcome box (top, left, bottom, right) and the
-#    decisive frame; without one, take the tokens whose embeddings differ most between the clips.
-spec_file = Path(clean_path).parent / "spec.json"
-spec = json.loads(spec_file.read_text()) if spec_file.is_file() else None
-same_pixels = spec is not None and (spec["height"], spec["width"]) == cfg.image_size == model.processor.crop_size \
-    and model.processor.shortest_edge == min(cfg.image_size)             # the processor leaves the frames as they are
-if same_pixels:
-    top, left, bottom, right = spec["box"]
-    box, frames = (left, top, right, bottom), range(spec["decisive_frame"], cfg.num_frames)
-    region = model.grid.positions(frames=frames, box=box)
-else:
-    delta = (clean_cache["hook_embed"] - corrupt_cache["hook_embed"])[0, 1:].norm(dim=-1)
-    region = torch.nonzero(delta >= 0.25 * delta.max()).reshape(-1) + 1
-    box, frames = None, None
-print(f"outcome region: {len(region)} of {cfg.n_tubelets} tokens")
+# 1. The region: load_pair mapped the outcome box and decisive frame of a synthetic pair's spec.json onto the
+#    model input; without one, take the tokens whose embeddings differ most between the clips.
+region = pair.region or region_from_difference(model, clean, corrupt)
+print(f"outcome region: {len(region.positions)} of {cfg.n_tubelets} tokens ({region.source})")
 
-ablated = ablate(model, clean, Ablation.zero("blocks.0.hook_resid_pre", positions=region))
-print(f"\nTable 1: the region's tokens zeroed at the input of block 0\n{topk_table(logits_clean, ablated, model.labels, k=min(6, cfg.n_classes))}")
-if box is not None:
-    masked = model(mask_pixels(clean, frames=frames, box=box, value=0.0))
+ablated = ablate(model, clean, Ablation.zero("blocks.0.hook_resid_pre", positions=list(region.positions)))
+table = topk_table(logits_clean, ablated, model.labels, k=min(6, cfg.n_classes))
+print(f"\nTable 1: the region's tokens zeroed at the input of block 0\n{table}")
+if pair.region is not None:  # a pixel box: mask it in the frames themselves
+    masked = model(mask_pixels(clean, frames=range(*region.frames), box=region.box, value=0.0))
     print(f"\nthe region's pixels set to 0 instead: '{model.labels[label]}' logit "
           f"{logits_clean[0, label]:.4f} -> {masked[0, label]:.4f}")
 

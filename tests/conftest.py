@@ -68,5 +68,21 @@ def small_model(small_folder):
     return HookedViViT.from_pretrained(small_folder)
 
 
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """Counts calls of the fused attention kernel in the model's components: `sdpa_calls["n"]`."""
+    import vivit_lens.components as comp
+
+    calls = {"n": 0}
+    real = comp.F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comp.F, "scaled_dot_product_attention", counting)
+    return calls
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()

@@ -107,22 +107,12 @@ def test_identity_hook_on_explicit_path_is_equal_within_rounding(small_model, x,
     assert d < 1e-5
 
 
-def test_pattern_only_materialised_when_asked(small_model, x, monkeypatch):
-    import vivit_lens.components as comp
-
-    calls = {"sdpa": 0}
-    real = comp.F.scaled_dot_product_attention
-
-    def counting(*a, **k):
-        calls["sdpa"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(comp.F, "scaled_dot_product_attention", counting)
+def test_pattern_only_materialised_when_asked(small_model, x, sdpa_calls):
     with torch.no_grad():
         small_model(x)
-        assert calls["sdpa"] == 3
+        assert sdpa_calls["n"] == 3
         small_model.run_with_cache(x, names_filter="blocks.1.attn.hook_pattern")
-        assert calls["sdpa"] == 3 + 2, "only the hooked layer computes the pattern explicitly"
+        assert sdpa_calls["n"] == 3 + 2, "only the hooked layer computes the pattern explicitly"
 
 
 def test_split_q_input_equals_patching_that_heads_query(small_model, small_hf, x):

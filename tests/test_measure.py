@@ -40,22 +40,12 @@ def test_delta_norms_match_a_hand_computation(small_model, caches):
     assert sub.shape == (1, 1, 2)
 
 
-def test_cls_attention_is_the_pattern_row_on_the_grid(small_model, caches, monkeypatch):
+def test_cls_attention_is_the_pattern_row_on_the_grid(small_model, caches, sdpa_calls):
     x, cache, _ = caches
     cfg = small_model.cfg
     t_n, h_n, w_n = cfg.grid_shape
-    import vivit_lens.components as comp
-
-    calls = {"sdpa": 0}
-    real = comp.F.scaled_dot_product_attention
-
-    def counting(*a, **k):
-        calls["sdpa"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(comp.F, "scaled_dot_product_attention", counting)
     attn = cls_attention(small_model, x, layers=[1, 2], heads=[0, 3])
-    assert calls["sdpa"] == 3, "from the model: q and k only, no explicit [pos pos] pattern"
+    assert sdpa_calls["n"] == 3, "from the model: q and k only, no explicit [pos pos] pattern"
     assert attn.axes == ("layer", "head", "frame", "row", "col") and attn.shape == (2, 2, t_n, h_n, w_n)
     assert attn.labels[2][1] == "frames 2-3"
     for li, l in enumerate((1, 2)):

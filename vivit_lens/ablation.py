@@ -3,7 +3,7 @@
     region = model.grid.positions(frames=range(20, 32), box=(60, 80, 140, 160))    # the ball-pin tokens
     abl = [Ablation.zero(f"blocks.{l}.hook_resid_pre", positions=region) for l in (0,)]
     before, after = model(x), ablate(model, x, abl)
-    print(topk_table(before, after, model.labels, k=6))                            # the paper's Table 1
+    table = topk_table(before, after, model.labels, k=6)       # the paper's Table 1, as a Markdown table
 
 An `Ablation` is a hook function (`fn(activation, hook)`) for one hook point, restricted to token
 positions and/or heads; use it with `model.hooks(abl.fwd_hooks())`, `model.run_with_hooks`, or
@@ -20,7 +20,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vivit_lens.patching import _as_tuple, site_mask
+from vivit_lens.patching import site_mask
+from vivit_lens.utils import index_tuple
 
 KINDS = ("zero", "mean", "resample", "noise")
 Reference = Union[Tensor, Mapping[str, Tensor]]
@@ -48,8 +49,8 @@ class Ablation:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "positions", _as_tuple(self.positions))
-        object.__setattr__(self, "heads", _as_tuple(self.heads))
+        object.__setattr__(self, "positions", index_tuple(self.positions))
+        object.__setattr__(self, "heads", index_tuple(self.heads))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be zero, mean, resample or noise; got {self.kind!r}")
         if self.kind == "resample" and self.value is None:

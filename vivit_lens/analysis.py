@@ -502,11 +502,11 @@ def _attention(model, cache_c, cache_r, cls: int, region: Region, top_heads: int
     t, h, w = cfg.grid_shape
     for o in order.tolist():
         l, hd = divmod(o, cfg.n_heads)
-        peak = int(flat_c[l, hd].argmax())
+        peak = np.unravel_index(int(flat_c[l, hd].argmax()), (t, h, w))
         heads.append({"layer": l, "head": hd, "dla": float(dla[l, hd]), "region_mass": float(mass[l, hd]),
                       "region_mass_corrupt": float(flat_r[l, hd, idx].sum()), "max_weight": float(flat_c[l, hd].max()),
                       "cls_self": float(attn_c.meta["cls_self"][l, hd]),
-                      "peak_thw": [peak // (h * w), (peak // w) % h, peak % w],
+                      "peak_thw": [int(i) for i in peak],
                       "map_clean": _list(attn_c.values[l, hd]), "map_corrupt": _list(attn_r.values[l, hd])})  # fmt: skip
     by_region = top_heads_by_cls_attention(attn_c, torch.tensor(region.positions), k=min(10, dla.numel()))
     return {"ranking": "|direct logit attribution| of the head on the clean clip", "heads": heads,

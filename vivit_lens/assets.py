@@ -82,4 +82,7 @@ __all__ = ["ASSETS", "example_inputs", "pair_paths", "pairs", "tiny_model_path",
 
 
 if __name__ == "__main__":
-    print(write_pairs())
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger(__name__).info("wrote pairs with seeds %s to %s", write_pairs(), ASSETS / "pairs")

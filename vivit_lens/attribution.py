@@ -19,8 +19,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from einops import einsum, rearrange
+from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
@@ -215,28 +214,9 @@ _PER_LAYER = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "at
 
 
 def _last_block_at_cls(model, resid_pre: Float[Tensor, "batch pos d_model"]) -> dict[str, Tensor]:
-    """The last block for the [CLS] query only (all keys and values): all that the logits depend on.
-
-    Returns its activations under their hook names: `[batch 1 ...]` at [CLS], k and v `[batch pos ...]`.
-    Computed from the block's own modules and weights; valid while no hook is attached to them.
-    """
-    L, block = model.cfg.n_layers, model.blocks[-1]
-    attn, H = block.attn, model.cfg.n_heads
-    name = f"blocks.{L - 1}."
-    ln = F.layer_norm(resid_pre, resid_pre.shape[-1:], block.ln1.w, block.ln1.b, block.ln1.eps)
-    q = rearrange(attn.q_proj(ln[:, :1]), "batch pos (head d_head) -> batch pos head d_head", head=H)
-    k = rearrange(attn.k_proj(ln), "batch pos (head d_head) -> batch pos head d_head", head=H)
-    v = rearrange(attn.v_proj(ln), "batch pos (head d_head) -> batch pos head d_head", head=H)
-    heads_first = "batch pos head d_head -> batch head pos d_head"
-    z = F.scaled_dot_product_attention(*(rearrange(t, heads_first) for t in (q, k, v)), scale=attn.scale)
-    z = rearrange(z, "batch head pos d_head -> batch pos head d_head")
-    attn_out = attn.o_proj(rearrange(z, "batch pos head d_head -> batch pos (head d_head)"))
-    resid_mid = resid_pre[:, :1] + attn_out
-    mlp_in = resid_mid.clone()
-    mlp_out = block.mlp(F.layer_norm(mlp_in, mlp_in.shape[-1:], block.ln2.w, block.ln2.b, block.ln2.eps))
-    acts = {"attn.hook_q": q, "attn.hook_k": k, "attn.hook_v": v, "attn.hook_z": z, "hook_attn_out": attn_out,
-            "hook_mlp_in": mlp_in, "hook_mlp_out": mlp_out, "hook_resid_post": resid_mid + mlp_out}  # fmt: skip
-    return {name + k: v for k, v in acts.items()}
+    """The last block for the [CLS] query only, under full hook names: all that the logits depend on."""
+    name = f"blocks.{model.cfg.n_layers - 1}."
+    return {name + k: v for k, v in model.blocks[-1].at_positions(resid_pre, (0,)).items()}
 
 
 def _pad(t: Tensor, n_pos: int) -> Tensor:

@@ -11,6 +11,8 @@ computed only while something is attached to their hook point.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
@@ -192,7 +194,11 @@ class Attention(nn.Module):
             z = torch.matmul(pattern, v)
         else:
             z = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        z = self.hook_z(rearrange(z, "batch head pos d_head -> batch pos head d_head"))
+        return self.from_z(rearrange(z, "batch head pos d_head -> batch pos head d_head"))
+
+    def from_z(self, z: Float[Tensor, "batch pos head d_head"]) -> Resid:
+        """The attention output from the heads' outputs: `hook_z` onward (`hook_result` or the fused o_proj)."""
+        z = self.hook_z(z)
         if self.hook_result.has_hooks:
             result = self.hook_result(
                 einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
@@ -271,8 +277,38 @@ class TransformerBlock(nn.Module):
         ln1_hooked = self.ln1.hook_scale.has_hooks or self.ln1.hook_normalized.has_hooks
         shared = self.ln1(resid_pre) if ln1_hooked or not all(h.has_hooks for h in split) else None
         q_in, k_in, v_in = (self._split_input(resid_pre, h, shared) for h in split)
-        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in))
+        return self.finish(resid_pre, self.attn(q_in, k_in, v_in))
+
+    def finish(self, resid_pre: Resid, attn_out: Resid) -> Resid:
+        """The block after its attention: `hook_attn_out` onward (a patching run resumes here)."""
+        attn_out = self.hook_attn_out(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_in = self.hook_mlp_in(resid_mid.clone() if self.hook_mlp_in.has_hooks else resid_mid)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def at_positions(self, resid_pre: Resid, positions: Sequence[int]) -> dict[str, Tensor]:
+        """The block for queries at `positions` only, keys and values from every position: all that a
+        reader of those positions' output depends on (the logits read [CLS] of the last block).
+
+        Returns the activations under the block's hook names (`attn.hook_q` ... `hook_resid_post`),
+        `[batch len(positions) ...]`, except `attn.hook_k`/`attn.hook_v` (every position). The block's
+        own hook points do not fire: callers use it only where no hook is attached to this block.
+        `hook_mlp_in` is a copy of `resid_mid`, so that its gradient is the MLP path's alone.
+        """
+        attn, n_heads = self.attn, self.cfg.n_heads
+        idx = torch.as_tensor(positions, device=resid_pre.device)
+        x = self.ln1(resid_pre)
+        split = "batch pos (head d_head) -> batch pos head d_head"
+        q = rearrange(attn.q_proj(x[:, idx]), split, head=n_heads)
+        k, v = (rearrange(lin(x), split, head=n_heads) for lin in (attn.k_proj, attn.v_proj))
+        heads_first = "batch pos head d_head -> batch head pos d_head"
+        z = F.scaled_dot_product_attention(*(rearrange(t, heads_first).contiguous() for t in (q, k, v)),
+                                           scale=attn.scale)  # fmt: skip
+        z = rearrange(z, "batch head pos d_head -> batch pos head d_head")
+        attn_out = attn.o_proj(rearrange(z, "batch pos head d_head -> batch pos (head d_head)"))
+        resid_mid = resid_pre[:, idx] + attn_out
+        mlp_in = resid_mid.clone()
+        mlp_out = self.mlp.fc2(self.mlp.act(self.mlp.fc1(self.ln2(mlp_in))))
+        return {"attn.hook_q": q, "attn.hook_k": k, "attn.hook_v": v, "attn.hook_z": z, "hook_attn_out": attn_out,
+                "hook_mlp_in": mlp_in, "hook_mlp_out": mlp_out, "hook_resid_post": resid_mid + mlp_out}  # fmt: skip

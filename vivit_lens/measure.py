@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -112,13 +113,12 @@ def top_heads_by_cls_attention(
             raise ValueError(f"positions must be tubelet tokens in [1, {flat.shape[-1]}] ([CLS] = 0 is not on the grid)")
         score = flat[..., idx].sum(-1)
     order = torch.argsort(score.reshape(-1), descending=True, stable=True)[:k]
-    h, w = values.shape[3:]
     out = []
     for o in order.tolist():
         li, hi = divmod(o, values.shape[1])
-        peak = int(flat[li, hi].argmax())
+        peak = np.unravel_index(int(flat[li, hi].argmax()), values.shape[2:])
         out.append({"layer": attention.labels[0][li], "head": attention.labels[1][hi], "mass": float(score[li, hi]),
-                    "peak": (peak // (h * w), (peak // w) % h, peak % w)})  # fmt: skip
+                    "peak": tuple(int(i) for i in peak)})  # fmt: skip
     return out
 
 

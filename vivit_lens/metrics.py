@@ -17,6 +17,8 @@ from typing import Literal
 from jaxtyping import Float
 from torch import Tensor
 
+from vivit_lens.utils import index_tuple
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -89,7 +91,7 @@ class SignalRecovery(Metric):
         kind: Literal["projection", "norm"] = "projection",
     ) -> SignalRecovery:
         """Build from two caches holding `hook` (batch 1 each, or equal batches)."""
-        pos = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
+        pos = index_tuple(positions)
         sel = list(pos)
         return cls(hook, pos, clean_cache[hook][:, sel], corrupt_cache[hook][:, sel], kind)
 

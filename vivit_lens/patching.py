@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from vivit_lens.metrics import Metric
-from vivit_lens.utils import get_act_name
+from vivit_lens.utils import get_act_name, index_tuple
 
 PositionSpec = Union[None, str, int, Sequence, Tensor, Mapping]
 HeadSpec = Union[None, str, int, Sequence]
@@ -144,23 +143,13 @@ class Patch:
     heads: int | Sequence[int] | Tensor | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "positions", _as_tuple(self.positions))
-        object.__setattr__(self, "heads", _as_tuple(self.heads))
+        object.__setattr__(self, "positions", index_tuple(self.positions))
+        object.__setattr__(self, "heads", index_tuple(self.heads))
 
     @classmethod
     def at(cls, hook: str, positions: Any = None, heads: Any = None) -> Patch:
         """Same as `Patch(hook, positions, heads)`."""
         return cls(hook, positions, heads)
-
-
-def _as_tuple(x: Any) -> tuple[int, ...] | None:
-    if x is None:
-        return None
-    if isinstance(x, Tensor):
-        return tuple(int(i) for i in x.reshape(-1).tolist())
-    if isinstance(x, int):
-        return (x,)
-    return tuple(int(i) for i in x)
 
 
 def frame_groups(model, include_cls: bool = False) -> dict[str, Tensor]:
@@ -374,7 +363,8 @@ def _run_chunk(model, pixels, target, source, chunk, metric, start, after_attn, 
             x = target[_resume_hook(start, n)].expand(rows, -1, -1)
         if after_attn:
             z = target[f"blocks.{start}.attn.hook_z"].expand(rows, -1, -1, -1)
-            x = _finish_block(model.blocks[start], x, z)
+            block = model.blocks[start]  # a head-output patch cannot change q, k or v: only o_proj onward
+            x = block.finish(x, block.attn.from_z(z))
             start += 1
         if tail is not None:
             last = n - 1 if stop is None else stop - 1
@@ -389,42 +379,17 @@ def _run_chunk(model, pixels, target, source, chunk, metric, start, after_attn, 
     return _score(metric, out, rows)
 
 
-def _finish_block(block, resid_pre: Tensor, z: Tensor) -> Tensor:
-    """The rest of a block from its attention's `z` (head outputs), firing `hook_z` (the patch) onward.
-
-    Same operations as `TransformerBlock.forward` after the attention kernel; the attention's
-    query/key/value computation is skipped because a head-output patch cannot change it.
-    """
-    attn = block.attn
-    z = attn.hook_z(z)
-    attn_out = block.hook_attn_out(attn.o_proj(rearrange(z, "batch pos head d_head -> batch pos (head d_head)")))
-    resid_mid = block.hook_resid_mid(resid_pre + attn_out)
-    mlp_in = block.hook_mlp_in(resid_mid.clone() if block.hook_mlp_in.has_hooks else resid_mid)
-    mlp_out = block.hook_mlp_out(block.mlp(block.ln2(mlp_in)))
-    return block.hook_resid_post(resid_mid + mlp_out)
-
-
 def _last_block_at(model, resid_pre: Tensor, positions: tuple[int, ...], logits: bool) -> Tensor:
     """The last block's output at `positions` only (queries there, keys/values everywhere), exactly.
 
     Returns logits when `logits` (positions = (0,)), else the final residual `[batch pos d_model]`
     with NaN at the positions not computed (a metric reading them would show it).
     """
-    block = model.blocks[-1]
-    attn, cfg = block.attn, model.cfg
-    idx = torch.tensor(positions, device=resid_pre.device)
-    x = block.ln1(resid_pre)
-    split = "batch pos (head d_head) -> batch head pos d_head"
-    q = rearrange(attn.q_proj(x[:, idx]), split, head=cfg.n_heads).contiguous()
-    k, v = (rearrange(lin(x), split, head=cfg.n_heads).contiguous() for lin in (attn.k_proj, attn.v_proj))
-    z = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-    attn_out = attn.o_proj(rearrange(z, "batch head pos d_head -> batch pos (head d_head)"))
-    resid_mid = resid_pre[:, idx] + attn_out
-    resid_post = resid_mid + block.mlp(block.ln2(resid_mid))
+    resid_post = model.blocks[-1].at_positions(resid_pre, positions)["hook_resid_post"]
     if logits:
         return model.unembed(model.ln_final(resid_post)[:, 0])
     full = resid_pre.new_full(resid_pre.shape, float("nan"))
-    full[:, idx] = resid_post
+    full[:, list(positions)] = resid_post
     return full
 
 
@@ -444,20 +409,20 @@ def _position_groups(positions: PositionSpec, model) -> tuple[str | None, list, 
             return None, ["cls"], [(0,)]
         if positions == "frames":
             g = frame_groups(model)
-            return "frame", list(g), [_as_tuple(v) for v in g.values()]
+            return "frame", list(g), [index_tuple(v) for v in g.values()]
         raise ValueError(f"positions must be 'all', 'each', 'cls', 'frames', groups or indices; got {positions!r}")
     if positions is None:
         return "pos", list(range(n_pos)), [(p,) for p in range(n_pos)]
     if isinstance(positions, Mapping):
-        return "group", [str(k) for k in positions], [_as_tuple(v) for v in positions.values()]
+        return "group", [str(k) for k in positions], [index_tuple(v) for v in positions.values()]
     if isinstance(positions, int):
         return None, [str(positions)], [(positions,)]
     if isinstance(positions, Tensor) and positions.ndim <= 1:
-        return None, ["positions"], [_as_tuple(positions)]
+        return None, ["positions"], [index_tuple(positions)]
     items = list(positions)
     if all(isinstance(p, int) for p in items):
-        return None, ["positions"], [_as_tuple(items)]
-    groups = [_as_tuple(p) for p in items]
+        return None, ["positions"], [index_tuple(items)]
+    groups = [index_tuple(p) for p in items]
     return "group", [f"g{i}" for i in range(len(groups))], groups
 
 
@@ -470,8 +435,8 @@ def _head_groups(heads: HeadSpec, n_heads: int) -> tuple[str | None, list, list]
         return None, [heads], [(heads,)]
     items = list(heads)
     if all(isinstance(h, int) for h in items):
-        return None, ["heads"], [_as_tuple(items)]
-    groups = [_as_tuple(h) for h in items]
+        return None, ["heads"], [index_tuple(items)]
+    groups = [index_tuple(h) for h in items]
     return "heads", ["+".join(map(str, g)) for g in groups], groups
 
 

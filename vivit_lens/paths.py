@@ -37,29 +37,22 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vivit_lens.metrics import Metric
+from vivit_lens.utils import index_tuple
 
 Direction = str  # "denoising" or "noising"
 Positions = Union[int, Sequence[int], None]
 
 
 # Nodes -------------------------------------------------------------------------------------------
-def _as_positions(p) -> tuple[int, ...] | None:
-    if p is None:
-        return None
-    if isinstance(p, int):
-        return (p,)
-    return tuple(int(i) for i in p)
-
-
 def _pos_suffix(p: tuple[int, ...] | None) -> str:
     return "" if p is None else "@" + ",".join(map(str, p))
 
 
 class _AtPositions:
-    """Nodes restricted to token positions: `positions` normalised to a sorted tuple (None: all)."""
+    """Nodes restricted to token positions: `positions` held as a tuple of ints (None: all)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "positions", _as_positions(self.positions))
+        object.__setattr__(self, "positions", index_tuple(self.positions))
 
 
 @dataclass(frozen=True)

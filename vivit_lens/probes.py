@@ -2,7 +2,7 @@
 
     acts = collect_activations(model, clips, pool="cls")          # [layer n d_model], one row per clip
     res = train_probes(acts, labels, groups=video_ids)            # held-out split over whole videos
-    print(res)                                                     # train / test / control accuracy per layer
+    res.to_records()                                               # train / test / control accuracy per layer
 
 A probe is multinomial logistic regression (standardised features, L2 penalty, full-batch
 L-BFGS), one per layer. The control trains the same probe on shuffled labels: a probe that is as

@@ -1,11 +1,16 @@
-"""Small shared helpers: TransformerLens-style activation names.
+"""Small shared helpers: TransformerLens-style activation names, index tuples.
 
     get_act_name("resid_pre", 3)      # "blocks.3.hook_resid_pre"
     get_act_name("pattern", 9)        # "blocks.9.attn.hook_pattern"
     get_act_name("scale", 2, "ln1")   # "blocks.2.ln1.hook_scale"
+    index_tuple(torch.tensor([3, 4])) # (3, 4)
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import torch
 
 _ATTN = {"q", "k", "v", "z", "result", "attn_scores", "pattern"}
 _MLP = {"pre", "post"}
@@ -35,3 +40,14 @@ def get_act_name(name: str, layer: int | None = None, sublayer: str | None = Non
     if name in _BLOCK:
         return f"blocks.{layer}.hook_{name}"
     raise ValueError(f"unknown activation name {name!r}")
+
+
+def index_tuple(x: Any) -> tuple[int, ...] | None:
+    """Positions or heads as a tuple of ints: None stays None (all), an int is one index, a tensor is flattened."""
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return tuple(int(i) for i in x.reshape(-1).tolist())
+    if isinstance(x, int):
+        return (x,)
+    return tuple(int(i) for i in x)
