@@ -298,8 +298,9 @@ def test_patch_result_exports(small_model, pair, recovery, tmp_path):
 
 def test_errors_are_clear(small_model, pair):
     clean, corrupt, *_, clean_cache, _ = pair
-    with pytest.raises(ValueError, match="batch 1"):
-        get_act_patch_resid_pre(small_model, torch.cat([corrupt, corrupt]), clean_cache, Logit(0), progress=False)
+    two = {"blocks.0.hook_resid_pre": clean_cache["resid_pre", 0].repeat(2, 1, 1)}
+    with pytest.raises(ValueError, match=r"3 clip\(s\) like the patched input"):  # batches: as in TransformerLens
+        get_act_patch_resid_pre(small_model, torch.cat([corrupt] * 3), two, Logit(0), layers=[0], progress=False)
     with pytest.raises(KeyError, match="source cache has no"):
         get_act_patch_attn_head_out_all_pos(small_model, corrupt, {"blocks.0.attn.hook_z": clean_cache["z", 0]},
                                             Logit(0), progress=False)  # fmt: skip

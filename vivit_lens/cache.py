@@ -1,14 +1,17 @@
 """ActivationCache: the activations of one run, by hook name, with TransformerLens-style analysis.
 
     logits, cache = model.run_with_cache(x)
-    cache["blocks.3.hook_resid_post"] is cache["resid_post", 3]          # short names, as in TransformerLens
-    attrs, labels = cache.dla_components("bowling", model=model)         # direct logit attribution, sums to the logit
+    cache["blocks.3.hook_resid_post"] is cache["resid_post", 3]; cache["k6"] is cache["k", 6]   # as in TransformerLens
+    attrs, labels = cache.dla_components("bowling")                      # direct logit attribution, sums to the logit
     cache.save("run.safetensors"); ActivationCache.load("run.safetensors")   # no model needed
 
 Analysis methods follow TransformerLens' names, arguments and layouts (`accumulated_resid`,
-`decompose_resid`, `stack_head_results`, `apply_ln_to_stack`, `logit_attrs`). Methods that need
-weights (W_O, W_U, the final LayerNorm) take `model=`, or use weights stored in the cache with
-`cache.with_weights(model)`; stored weights are saved and loaded with the cache.
+`decompose_resid`, `stack_head_results`, `stack_neuron_results`, `get_full_resid_decomposition`,
+`apply_ln_to_stack`, `logit_attrs`, `remove_batch_dim`, `apply_slice_to_batch_dim` ...). A cache
+from `model.run_with_cache` knows its model (`cache.model`, as in TransformerLens) and reads the
+weights it needs (W_O, W_U, W_out, the final LayerNorm) from it. A cache without a model (built
+from a dict, or loaded from disk) takes `model=`, or uses weights stored with
+`cache.with_weights(model)`, which are saved and loaded with the cache.
 
 Our model does not fold LayerNorm weights into the next layer (TransformerLens' `fold_ln`), so:
 `apply_ln_to_stack` centres and divides by the cached scale (as TransformerLens does), and
@@ -20,6 +23,7 @@ b_U[c]`, is `logit_bias`; attributions of all components plus it give the logit 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Union
@@ -34,7 +38,7 @@ from torch import Tensor
 from vivit_lens.config import ViViTConfig
 from vivit_lens.utils import get_act_name
 
-PosSlice = Union[None, int, slice, Sequence[int], Tensor]
+PosSlice = Union[None, int, slice, Sequence[int], Tensor]  # or a TransformerLens `Slice`
 ClassIndex = Union[int, str, Tensor]
 WEIGHT_PREFIX = "__weights__."
 WEIGHT_NAMES = ("W_O", "b_O", "W_U", "b_U", "ln_final.w", "ln_final.b")
@@ -44,6 +48,8 @@ def _apply_pos(t: Tensor, pos_slice: PosSlice, dim: int) -> Tensor:
     """TransformerLens `Slice.apply`: None keeps all, an int selects (and drops the axis), else index."""
     if pos_slice is None:
         return t
+    if hasattr(pos_slice, "apply") and hasattr(pos_slice, "mode"):  # a transformer_lens Slice
+        return pos_slice.apply(t, dim=dim)
     if isinstance(pos_slice, int):
         return t.select(dim, pos_slice)
     if isinstance(pos_slice, slice):
@@ -53,24 +59,60 @@ def _apply_pos(t: Tensor, pos_slice: PosSlice, dim: int) -> Tensor:
     return t.index_select(dim, torch.as_tensor(pos_slice, dtype=torch.long, device=t.device).reshape(-1))
 
 
+_WEIGHTS = {
+    "W_O": lambda m: m.W_O, "b_O": lambda m: m.b_O, "W_U": lambda m: m.W_U, "b_U": lambda m: m.b_U,
+    "ln_final.w": lambda m: m.ln_final.w, "ln_final.b": lambda m: m.ln_final.b,
+    "W_out": lambda m: m.W_out, "b_out": lambda m: m.b_out,
+}  # fmt: skip
+
+
 def _weights_of(model) -> dict[str, Tensor]:
-    return {
-        "W_O": model.W_O.detach(), "b_O": model.b_O.detach(), "W_U": model.W_U.detach(),
-        "b_U": model.b_U.detach(), "ln_final.w": model.ln_final.w.detach(), "ln_final.b": model.ln_final.b.detach(),
-    }  # fmt: skip
+    return {name: _WEIGHTS[name](model).detach() for name in WEIGHT_NAMES}
 
 
 class ActivationCache(Mapping[str, Tensor]):
-    """A read-only mapping from hook names to activations (and `name + "_grad"` for gradients)."""
+    """A mapping from hook names to activations (and `name + "_grad"` for gradients).
 
-    def __init__(self, cache: dict[str, Tensor], config: ViViTConfig | None = None,
-                 weights: dict[str, Tensor] | None = None):  # fmt: skip
+    `ActivationCache(cache_dict, model, has_batch_dim=True)` as in TransformerLens; `model` may
+    also be just a `ViViTConfig` (or None) for a cache whose weights come from elsewhere.
+    `has_batch_dim` is False after `remove_batch_dim()` or an int `apply_slice_to_batch_dim`.
+    """
+
+    def __init__(self, cache: dict[str, Tensor], model=None, has_batch_dim: bool = True, *,
+                 config: ViViTConfig | None = None, weights: dict[str, Tensor] | None = None):  # fmt: skip
+        if isinstance(model, ViViTConfig):
+            model, config = None, model
         self._cache = cache
-        self.cfg = config
+        self.model = model
+        self.cfg = config if config is not None else getattr(model, "cfg", None)
         self._weights = weights
+        self.has_batch_dim = has_batch_dim
+
+    @property
+    def cache_dict(self) -> dict[str, Tensor]:
+        """The underlying dict (TransformerLens' attribute name)."""
+        return self._cache
+
+    @property
+    def has_embed(self) -> bool:
+        return "hook_embed" in self._cache
+
+    @property
+    def has_pos_embed(self) -> bool:
+        return "hook_pos_embed" in self._cache
 
     def _key(self, key: str | tuple) -> str:
-        return get_act_name(*key) if isinstance(key, tuple) else key
+        """A hook name for a full name, a TransformerLens short or compact name, or a `(name, layer, sublayer)` tuple."""
+        if isinstance(key, tuple):
+            if len(key) > 1 and isinstance(key[1], int) and key[1] < 0 and self.cfg is not None:
+                key = (key[0], self.cfg.n_layers + key[1], *key[2:])  # negative layers count from the end
+            return get_act_name(*key)
+        if key in self._cache:
+            return key
+        try:
+            return get_act_name(key)
+        except ValueError:
+            return key
 
     def __getitem__(self, key: str | tuple) -> Tensor:
         name = self._key(key)
@@ -84,7 +126,12 @@ class ActivationCache(Mapping[str, Tensor]):
             raise KeyError(f"{name!r} is not in the cache{hint}") from None
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, (str, tuple)) and self._key(key) in self._cache
+        if not isinstance(key, (str, tuple)):
+            return False
+        try:
+            return self._key(key) in self._cache
+        except ValueError:
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._cache)
@@ -95,15 +142,55 @@ class ActivationCache(Mapping[str, Tensor]):
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations: {list(self._cache)[:4]}{' ...' if len(self) > 4 else ''})"
 
+    def _same(self, cache: dict[str, Tensor], has_batch_dim: bool | None = None) -> ActivationCache:
+        """A cache of other tensors with this one's model, config and stored weights."""
+        hb = self.has_batch_dim if has_batch_dim is None else has_batch_dim
+        return ActivationCache(cache, self.model, hb, config=self.cfg, weights=self._weights)
+
     def to(self, device: str | torch.device) -> ActivationCache:
-        weights = {k: v.to(device) for k, v in self._weights.items()} if self._weights else None
-        return ActivationCache({k: v.to(device) for k, v in self._cache.items()}, self.cfg, weights)
+        """Move every activation (and stored weight) to `device`, in place, and return the cache (TransformerLens)."""
+        self._cache = {k: v.to(device) for k, v in self._cache.items()}
+        if self._weights:
+            self._weights = {k: v.to(device) for k, v in self._weights.items()}
+        return self
+
+    # Batch axis (TransformerLens) ------------------------------------------------------------
+    def _batch_size(self) -> int:
+        sizes = [v.shape[0] for v in self._cache.values() if v.ndim > 0]
+        return max(set(sizes), key=sizes.count) if sizes else 1
+
+    def remove_batch_dim(self, batch_size: int | None = None) -> ActivationCache:
+        """Drop the batch axis of a batch-1 cache, in place (TransformerLens); a larger batch is a ValueError."""
+        if not self.has_batch_dim:
+            return self
+        batch_size = self._batch_size() if batch_size is None else batch_size
+        if batch_size != 1:
+            raise ValueError(f"cannot remove the batch axis of a cache of {batch_size} examples; "
+                             "use apply_slice_to_batch_dim(i) to keep example i")  # fmt: skip
+        self._cache = {k: v[0] if v.ndim > 0 and v.shape[0] == 1 else v for k, v in self._cache.items()}
+        self.has_batch_dim = False
+        return self
+
+    def apply_slice_to_batch_dim(self, batch_slice: PosSlice) -> ActivationCache:
+        """A new cache of some examples: an int keeps one (and drops the batch axis), a slice or list keeps several."""
+        if not self.has_batch_dim:
+            raise ValueError("this cache has no batch axis to slice")
+        n = self._batch_size()
+        cache = {k: _apply_pos(v, batch_slice, 0) if v.ndim > 0 and v.shape[0] == n else v
+                 for k, v in self._cache.items()}  # fmt: skip
+        return self._same(cache, has_batch_dim=not isinstance(batch_slice, int))
+
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """`torch.set_grad_enabled(mode)`: global state, as in TransformerLens (prefer `torch.no_grad()` blocks)."""
+        logging.getLogger(__name__).warning("changed the global state: autodiff set to %s", mode)
+        torch.set_grad_enabled(mode)
 
     # Saving ------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the cache (and the model config and stored weights, if any) to one safetensors file."""
         meta = {"config": json.dumps(self.cfg.to_hf_dict())} if self.cfg is not None else {}
         meta["order"] = json.dumps(list(self._cache))  # safetensors files list tensors by name; keep hook order
+        meta["has_batch_dim"] = json.dumps(self.has_batch_dim)
         items = list(self._cache.items()) + [(WEIGHT_PREFIX + k, v) for k, v in (self._weights or {}).items()]
         tensors, storages = {}, set()
         for k, v in items:  # one tensor can sit under two names (resid_post l is resid_pre l+1): write copies
@@ -124,7 +211,8 @@ class ActivationCache(Mapping[str, Tensor]):
         weights = {k[len(WEIGHT_PREFIX):]: v for k, v in tensors.items() if k.startswith(WEIGHT_PREFIX)}
         order = json.loads(meta["order"]) if "order" in meta else sorted(tensors)
         acts = {k: tensors[k] for k in order if not k.startswith(WEIGHT_PREFIX)}
-        return cls(acts, cfg, weights or None)
+        has_batch_dim = json.loads(meta.get("has_batch_dim", "true"))
+        return cls(acts, None, has_batch_dim, config=cfg, weights=weights or None)
 
     # Weights and config ------------------------------------------------------------------------
     def with_weights(self, model) -> ActivationCache:
@@ -132,16 +220,19 @@ class ActivationCache(Mapping[str, Tensor]):
 
         Stored weights travel with `save`/`load`, so a loaded cache can attribute without the model.
         """
-        return ActivationCache(self._cache, self.cfg if self.cfg is not None else model.cfg, _weights_of(model))
+        return ActivationCache(self._cache, self.model, self.has_batch_dim,
+                               config=self.cfg if self.cfg is not None else model.cfg, weights=_weights_of(model))  # fmt: skip
 
     @property
     def has_weights(self) -> bool:
         return self._weights is not None
 
     def _w(self, model, name: str) -> Tensor:
+        """A weight from `model=`, else from the cache's own model, else from the stored weights."""
+        model = model if model is not None else self.model
         if model is not None:
-            return _weights_of(model)[name]
-        if self._weights is None:
+            return _WEIGHTS[name](model).detach()
+        if self._weights is None or name not in self._weights:
             raise ValueError(
                 f"this needs the model's weights ({name}): pass model=..., or use cache = cache.with_weights(model)"
             )
@@ -175,7 +266,7 @@ class ActivationCache(Mapping[str, Tensor]):
         return W_U[:, int(tokens)]
 
     # Residual stream ---------------------------------------------------------------------------
-    def ln_scale(self, layer: int | None = None, mlp_input: bool = False) -> Float[Tensor, "batch pos 1"]:
+    def ln_scale(self, layer: int | None = None, mlp_input: bool = False) -> Float[Tensor, "*batch pos 1"]:
         """The LayerNorm divisor `sqrt(var + eps)` that `layer` applies (`layer=n_layers`/None: ln_final).
 
         Read from the cached `hook_scale`, or computed from the cached residual it normalises.
@@ -228,11 +319,28 @@ class ActivationCache(Mapping[str, Tensor]):
             w, b = self._w(model, "ln_final.w"), self._w(model, "ln_final.b")
             return F.layer_norm(residual_stack, (residual_stack.shape[-1],), w, b, self._config().layer_norm_eps)
         scale = _apply_pos(self.ln_scale(layer, mlp_input), pos_slice, -2)
-        if has_batch_dim and batch_slice is not None:
-            scale = _apply_pos(scale, batch_slice, 0)
-        if not has_batch_dim:
-            scale = scale[0]
+        if self.has_batch_dim:
+            scale = self._example_scale(scale, batch_slice, has_batch_dim)
         return (residual_stack - residual_stack.mean(-1, keepdim=True)) / scale
+
+    def _example_scale(self, scale: Tensor, batch_slice: PosSlice, stack_has_batch: bool) -> Tensor:
+        """The LayerNorm scale `[batch ...]` of the examples a stack holds.
+
+        A stack with a batch axis holds the examples `batch_slice` picks (all by default). A stack
+        without one belongs to a single example: `batch_slice=i` says which, and a batch-1 cache
+        needs none; otherwise which example's scale to use is ambiguous, and that is a ValueError.
+        """
+        if stack_has_batch:
+            return scale if batch_slice is None else _apply_pos(scale, batch_slice, 0)
+        if isinstance(batch_slice, int):
+            return scale[batch_slice]
+        if scale.shape[0] != 1:
+            raise ValueError(
+                f"the stack has no batch axis but this cache holds {scale.shape[0]} examples, each with its own "
+                "LayerNorm scale: pass batch_slice=i (an int) for example i, or slice the cache first "
+                "(cache.apply_slice_to_batch_dim(i))"
+            )
+        return scale[0]
 
     def accumulated_resid(
         self,
@@ -355,6 +463,160 @@ class ActivationCache(Mapping[str, Tensor]):
     def stack_activation(self, activation_name: str, layer: int | None = -1, sublayer_type: str | None = None) -> Tensor:
         """`torch.stack` of one activation over the layers before `layer`: `[layer ...]`."""
         return torch.stack([self[(activation_name, l, sublayer_type)] for l in range(self._layer(layer))])
+
+    def compute_head_results(self, model=None) -> None:
+        """Add `blocks.{l}.attn.hook_result` (`[batch pos head d_model]`, what each head writes, b_O excluded)
+        for every layer that lacks it, from `hook_z` and W_O (TransformerLens; the cache grows in place)."""
+        W_O = self._w(model, "W_O")
+        for l in range(self._config().n_layers):
+            key = f"blocks.{l}.attn.hook_result"
+            if key not in self._cache:
+                z = self[f"blocks.{l}.attn.hook_z"]
+                self._cache[key] = einsum(z, W_O[l].to(z), "... head d_head, head d_head d_model -> ... head d_model")
+
+    # Neurons -----------------------------------------------------------------------------------
+    def get_neuron_results(
+        self,
+        layer: int,
+        neuron_slice: PosSlice = None,
+        pos_slice: PosSlice = None,
+        project_output_onto: Tensor | None = None,
+        model=None,
+    ) -> Float[Tensor, "*batch_and_pos neuron out"]:
+        """What each MLP neuron of `layer` writes to the residual stream: `post[..., n] * W_out[n]` (b_out excluded).
+
+        `[*batch_and_pos neuron d_model]`; with `project_output_onto` (`[d_model]` or `[d_model k]`)
+        the write is projected first (`[... neuron]` or `[... neuron k]`), never materialising d_model.
+        """
+        acts = _apply_pos(self[f"blocks.{layer}.mlp.hook_post"], pos_slice, -2)
+        W_out = self._w(model, "W_out")[layer].to(acts)
+        acts, W_out = _apply_pos(acts, neuron_slice, -1), _apply_pos(W_out, neuron_slice, 0)
+        if project_output_onto is None:
+            return acts[..., None] * W_out
+        projected = W_out @ project_output_onto.to(W_out)
+        return acts * projected if project_output_onto.ndim == 1 else acts[..., None] * projected
+
+    def stack_neuron_results(
+        self,
+        layer: int | None,
+        pos_slice: PosSlice = None,
+        neuron_slice: PosSlice = None,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        apply_ln: bool = False,
+        project_output_onto: Tensor | None = None,
+        mlp_input: bool = False,
+        model=None,
+    ) -> Float[Tensor, "component *batch_and_pos out"] | tuple[Tensor, list[str]]:
+        """Every neuron's write of the layers before `layer`, stacked: `[layer*neuron *batch_and_pos d_model]`.
+
+        Labels `"L{l}N{n}"`. `incl_remainder` adds the rest of the residual that `layer` reads
+        (`resid_mid` with `mlp_input`, else `resid_pre`), so that the stack sums to it. `apply_ln`
+        divides by that LayerNorm's cached scale (after centring); with `project_output_onto` the
+        projection is applied in closed form, `(a/s) * (W_out[n] @ p - mean(W_out[n]) * sum(p))`.
+        """
+        cfg, layer = self._config(), self._layer(layer)
+        if isinstance(neuron_slice, int):
+            neuron_slice = [neuron_slice]  # layers are concatenated along the neuron axis: keep it
+        p2d = None if project_output_onto is None else project_output_onto.reshape(cfg.d_model, -1)
+        neurons = _apply_pos(torch.arange(cfg.d_mlp), neuron_slice, 0).tolist()
+        labels = [f"L{l}N{n}" for l in range(layer) for n in neurons]
+        parts = []
+        for l in range(layer):
+            if apply_ln and p2d is not None:
+                acts = _apply_pos(_apply_pos(self[f"blocks.{l}.mlp.hook_post"], pos_slice, -2), neuron_slice, -1)
+                W = _apply_pos(self._w(model, "W_out")[l].to(acts), neuron_slice, 0)
+                p = p2d.to(W)
+                linear = W @ p - W.mean(-1, keepdim=True) * p.sum(0)  # [neuron k]
+                parts.append(acts[..., None] * linear)
+            else:
+                parts.append(self.get_neuron_results(l, neuron_slice, pos_slice, p2d, model=model))
+        like = _apply_pos(self["hook_embed"], pos_slice, -2)
+        out_dim = cfg.d_model if p2d is None else p2d.shape[1]
+        if parts:
+            stack = rearrange(torch.cat(parts, dim=-2), "... neuron out -> neuron ... out")
+        else:
+            stack = like.new_zeros(0, *like.shape[:-1], out_dim)
+        if apply_ln and p2d is not None:
+            stack = stack / self._stack_scale(layer, mlp_input, pos_slice)
+        elif apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+        if incl_remainder:
+            target = _apply_pos(self[f"blocks.{layer}.hook_resid_mid"] if mlp_input else self._resid_at(layer),
+                                pos_slice, -2)[None]  # fmt: skip
+            if apply_ln:
+                target = self.apply_ln_to_stack(target, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+            if p2d is not None:
+                target = target @ p2d.to(target)
+            stack = torch.cat([stack, target - stack.sum(0, keepdim=True)])
+            labels.append("remainder")
+        if project_output_onto is not None and project_output_onto.ndim == 1:
+            stack = stack[..., 0]
+        return (stack, labels) if return_labels else stack
+
+    def _resid_at(self, layer: int) -> Tensor:
+        """The residual stream at the input of `layer` (the final residual for `layer = n_layers`)."""
+        n = self._config().n_layers
+        return self[f"blocks.{n - 1}.hook_resid_post"] if layer == n else self[f"blocks.{layer}.hook_resid_pre"]
+
+    def _stack_scale(self, layer: int, mlp_input: bool, pos_slice: PosSlice) -> Tensor:
+        scale = _apply_pos(self.ln_scale(layer, mlp_input), pos_slice, -2)
+        return self._example_scale(scale, None, True) if self.has_batch_dim else scale
+
+    def get_full_resid_decomposition(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        return_labels: bool = False,
+        project_output_onto: Tensor | None = None,
+        model=None,
+    ) -> Float[Tensor, "component *batch_and_pos out"] | tuple[Tensor, list[str]]:
+        """The residual at the input of `layer` as every head, every neuron (or MLP), embed, pos_embed and bias.
+
+        TransformerLens' order and labels: `L{l}H{h}` (heads of layers before `layer`, and of `layer`
+        itself with `mlp_input`), `L{l}N{n}` (or `{l}_mlp_out` without `expand_neurons`), `embed`,
+        `pos_embed`, `bias` (every b_O, and every b_out when neurons are expanded). The stack sums to
+        that residual exactly. `apply_ln` divides by that LayerNorm's cached scale; `project_output_onto`
+        (`[d_model]` or `[d_model k]`) projects every component (neurons in closed form).
+        """
+        cfg, layer = self._config(), self._layer(layer)
+        if mlp_input and layer == cfg.n_layers:
+            raise ValueError("mlp_input=True has no meaning for the final residual (layer = n_layers)")
+        p2d = None if project_output_onto is None else project_output_onto.reshape(cfg.d_model, -1)
+
+        def finish(stack: Tensor) -> Tensor:  # LayerNorm (frozen scale), then the projection
+            if apply_ln:
+                stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+            return stack if p2d is None else stack @ p2d.to(stack)
+
+        heads, labels = self.stack_head_results(layer + int(mlp_input), return_labels=True, pos_slice=pos_slice,
+                                                model=model)  # fmt: skip
+        parts = [finish(heads)]
+        if expand_neurons:
+            neurons, n_labels = self.stack_neuron_results(layer, pos_slice, return_labels=True, apply_ln=apply_ln,
+                                                          project_output_onto=p2d, mlp_input=mlp_input, model=model)  # fmt: skip
+            parts.append(neurons)  # normalised and projected already
+        else:
+            mlps, n_labels = self.decompose_resid(layer, mode="mlp", pos_slice=pos_slice, incl_embeds=False,
+                                                  return_labels=True)  # fmt: skip
+            parts.append(finish(mlps))
+        labels += n_labels
+        embeds = [(name, f"hook_{name}") for name in ("embed", "pos_embed") if f"hook_{name}" in self._cache]
+        for name, key in embeds:
+            parts.append(finish(_apply_pos(self[key], pos_slice, -2)[None]))
+            labels.append(name)
+        bias = self._w(model, "b_O")[: layer + int(mlp_input)].sum(0)  # b_O belongs to no head
+        if expand_neurons:
+            bias = bias + self._w(model, "b_out")[:layer].sum(0)  # b_out to no neuron
+        parts.append(finish(bias.to(heads).expand(1, *heads.shape[1:-1], cfg.d_model)))
+        labels.append("bias")
+        stack = torch.cat(parts)
+        if project_output_onto is not None and project_output_onto.ndim == 1:
+            stack = stack[..., 0]
+        return (stack, labels) if return_labels else stack
 
     # Logit attribution -------------------------------------------------------------------------
     def logit_attrs(

@@ -11,6 +11,7 @@ A `HookPoint` is an identity module placed on an activation; its name is its mod
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -110,6 +111,17 @@ class HookedRootModule(nn.Module):
                 module.name = name
                 self.hook_dict[name] = module
 
+    def _apply(self, fn, recurse: bool = True):
+        """`.to()`, `.cuda()`, `.double()` ... all land here: keep `cfg.device` / `cfg.dtype` true afterwards."""
+        out = super()._apply(fn, recurse)
+        cfg, param = getattr(self, "cfg", None), next(self.parameters(), None)
+        if param is not None and hasattr(cfg, "_record_placement") and (cfg.device, cfg.dtype) != (
+            param.device, param.dtype
+        ):
+            self.cfg = copy.copy(cfg)  # a config shared with another model keeps that model's placement
+            self.cfg._record_placement(param.device, param.dtype)
+        return out
+
     @property
     def hook_names(self) -> list[str]:
         """Every hook name, in the order the forward pass reaches them."""
@@ -184,6 +196,7 @@ class HookedRootModule(nn.Module):
         names_filter: NamesFilter = None,
         device: str | torch.device | None = None,
         incl_bwd: bool = False,
+        remove_batch_dim: bool = False,
         **kwargs: Any,
     ) -> tuple[Any, Any]:
         """Run the model and return `(output, ActivationCache)` of the activations `names_filter` picks.
@@ -191,6 +204,8 @@ class HookedRootModule(nn.Module):
         `names_filter`: None (everything), a name, a list of names, or a predicate on names.
         `device`: where to store cached tensors (default: where they are computed).
         `incl_bwd`: also backpropagate the summed output and cache gradients as `name + "_grad"`.
+        `remove_batch_dim`: drop the batch axis of a batch-1 run (TransformerLens). The cache knows
+        the model (`cache.model`), so its analysis methods need no `model=`.
         """
         from vivit_lens.cache import ActivationCache
 
@@ -214,4 +229,5 @@ class HookedRootModule(nn.Module):
                 out = self(*args, **kwargs)
         ordered = {n: store[n] for n in self.hook_dict if n in store}
         ordered.update({n: store[n] for n in store if n.endswith("_grad")})
-        return out, ActivationCache(ordered, config=getattr(self, "cfg", None))
+        cache = ActivationCache(ordered, self)
+        return out, cache.remove_batch_dim() if remove_batch_dim else cache

@@ -12,13 +12,18 @@ resumes every patched run at the layer of its earliest patch (`start_at_layer`, 
 prefix), many patched runs stacked on the batch axis (`batch_size`), each row with its own patch
 through one hook per hook point. Metrics are `vivit_lens.metrics.Metric`s (one number per batch
 row; those reading an intermediate hook are captured there and the run stops after that layer),
-or TransformerLens-style callables on `[1, n_classes]` logits, called once per patched run.
+or TransformerLens-style callables on the patched logits of the whole batch `[B, n_classes]`,
+returning a scalar, called once per patched run.
 `fast=True` (default) adds two exact shortcuts: a patch of head outputs (`hook_z`) resumes after
 that layer's attention (only the o_proj is recomputed), and when the metric reads only a few
 positions of the final residual (logits: [CLS]), the last block is computed for those positions.
 Same numbers up to float32 rounding (logits agree to ~1e-6; a percentage of a small clean-corrupt
 difference, to ~1e-4 of its value, as between any two float32 implementations). Inputs: pixel
-tensors of batch 1 (one clip each).
+tensors of B clips, with a source cache of B clips (TransformerLens' batched convention); B = 1
+is the fast case (one forward pass computes many patched runs side by side).
+
+`generic_activation_patch` and the patch setters are TransformerLens' own interface: one forward
+per index, resumed at the patched layer, with any setter.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +43,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vivit_lens.generic_patching import (  # TransformerLens' generic interface, re-exported here as in TL
+    _result_dtype, generic_activation_patch, get_act_patch_attn_head_pattern_dest_src_pos, get_act_patch_direct_path,
+    get_act_patch_direct_path_all_sources, layer_head_dest_src_pos_pattern_patch_setter,
+    layer_head_pattern_patch_setter, layer_head_pos_pattern_patch_setter, layer_head_vector_patch_setter,
+    layer_pos_head_vector_patch_setter, layer_pos_patch_setter,
+)  # fmt: skip
 from vivit_lens.metrics import Metric
-from vivit_lens.utils import get_act_name, index_tuple
+from vivit_lens.utils import get_act_name, hook_layer, index_tuple, resume_hook
 
 PositionSpec = Union[None, str, int, Sequence, Tensor, Mapping]
 HeadSpec = Union[None, str, int, Sequence]
@@ -167,21 +177,6 @@ def frame_groups(model, include_cls: bool = False) -> dict[str, Tensor]:
 
 
 # The engine -------------------------------------------------------------------------------------
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def _hook_layer(name: str, n_layers: int) -> int | None:
-    """The layer whose residual a run must resume from to reach `name` (None: start from pixels)."""
-    m = _BLOCK.match(name)
-    if m:
-        return int(m.group(1))
-    if name.startswith("ln_final."):
-        return n_layers
-    return None
-
-
-def _resume_hook(layer: int, n_layers: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre" if layer < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
 
 
 def _site_axes(axes: str) -> tuple[int | None, int | None]:
@@ -217,20 +212,50 @@ def site_mask(shape: Sequence[int], axes: str, positions: tuple[int, ...] | None
     return mask.reshape(list(mask.shape) + [1] * (len(shape) - last - 1))
 
 
-def _score(metric, out: Tensor, rows: int) -> Tensor:
-    """Metric values `[rows]`: Metric objects are batched; plain callables get one `[1, ...]` row at a time."""
+def _score(metric, out: Tensor, runs: int, batch: int = 1) -> Tensor:
+    """One metric value per patched run, `[runs]`; `out` holds the runs' `batch` rows each, run-major.
+
+    A `Metric` scores each example (batched over every run at once when `batch` is 1) and a run
+    gets the mean over its examples. A plain callable follows TransformerLens: it is called once
+    per run, on that run's whole batch (`[batch n_classes]` logits), and returns a scalar.
+    """
     if isinstance(metric, Metric) or hasattr(metric, "reads"):
-        values = metric(out)
-        if values.shape != (rows,):
-            raise ValueError(f"metric {type(metric).__name__} returned shape {tuple(values.shape)}, expected ({rows},)")
-        return values.detach().float()
-    return torch.stack([torch.as_tensor(metric(out[i:i + 1])).detach().float().reshape(()) for i in range(rows)])
+        if batch == 1:
+            values = metric(out)
+            if values.shape != (runs,):
+                raise ValueError(f"metric {type(metric).__name__} returned shape {tuple(values.shape)}, "
+                                 f"expected ({runs},)")  # fmt: skip
+            return values.detach()
+        return torch.stack([metric(out[r * batch:(r + 1) * batch]).detach().mean() for r in range(runs)])
+    values = []
+    for r in range(runs):
+        v = torch.as_tensor(metric(out[r * batch:(r + 1) * batch]))
+        if v.numel() != 1:
+            raise ValueError(
+                f"patching_metric {_metric_name(metric)} returned shape {tuple(v.shape)}; as in TransformerLens it is "
+                f"called on the patched logits of the whole batch ({batch} clips) and must return a scalar"
+            )
+        values.append(v.detach().reshape(()))
+    return torch.stack(values)
 
 
-def _check_single(x: Tensor, what: str) -> None:
-    if not isinstance(x, Tensor) or x.ndim == 0 or x.shape[0] != 1:
+def _batch_of(x: Tensor, what: str) -> int:
+    if not isinstance(x, Tensor) or x.ndim == 0 or x.shape[0] < 1:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{what} must be one clip (batch 1), got {got}; patch clips one pair at a time")
+        raise ValueError(f"{what} must be a batch of clips [batch frames channels height width], got {got}")
+    return x.shape[0]
+
+
+def _scalar(t: Tensor) -> float:
+    """A metric value for `meta`: a float, or NaN on the `meta` device (whose tensors hold no values)."""
+    return float("nan") if t.device.type == "meta" else float(t)
+
+
+def _tile(t: Tensor, runs: int) -> Tensor:
+    """`[batch ...]` repeated for `runs` patched runs, run-major: a view for batch 1."""
+    if t.shape[0] == 1:
+        return t.expand(runs, *t.shape[1:])
+    return t.repeat(runs, *[1] * (t.ndim - 1))
 
 
 def run_patches(
@@ -249,7 +274,9 @@ def run_patches(
 
     Each entry is a `Patch` or a sequence of `Patch`es applied together; a patched activation is
     `where(site, source[hook], target activation)`, with `source` an ActivationCache (or dict) of
-    the run whose values are patched in (batch 1). Runs are grouped by the layer they resume from
+    the run whose values are patched in. `target_input` is a batch of B clips and `source` holds
+    B clips too (or one, used for all): every patched run patches the whole batch, example i from
+    source example i, as TransformerLens does; see `_score` for how a run's metric is taken. Runs are grouped by the layer they resume from
     and batched `batch_size` at a time; results come back in the order of `patches`. Hooks the
     caller attached to the model stay active (and turn the `fast` shortcuts off).
     """
@@ -259,7 +286,7 @@ def run_patches(
 
 def _run_patches(model, target_input, source, patches, metric, *, batch_size, progress, fast, desc):
     """`run_patches`, plus the metric of the unpatched target run (a by-product of its cache run)."""
-    _check_single(target_input, "target_input")
+    B = _batch_of(target_input, "target_input")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     runs = [(p,) if isinstance(p, Patch) else tuple(p) for p in patches]
@@ -272,30 +299,30 @@ def _run_patches(model, target_input, source, patches, metric, *, batch_size, pr
             hp = model._hook_point(site.hook)
             if site.hook not in source:
                 raise KeyError(f"the source cache has no {site.hook!r}; cache it (names_filter) before patching")
-            if source[site.hook].shape[0] != 1:
-                raise ValueError(f"the source cache must hold one clip (batch 1); {site.hook} is "
-                                 f"{tuple(source[site.hook].shape)}")
+            if source[site.hook].shape[0] not in (1, B):
+                raise ValueError(f"the source cache must hold {B} clip(s) like the patched input (or one); "
+                                 f"{site.hook} is {tuple(source[site.hook].shape)}")  # fmt: skip
             site_mask(source[site.hook].shape, hp.axes, site.positions, site.heads)  # validates the indices
     if reads is not None:
         model._hook_point(reads)
     fast = fast and not any(hp.has_hooks for hp in model.hook_dict.values())
-    read_layer = _hook_layer(reads, n) if reads is not None else n
+    read_layer = hook_layer(reads, n) if reads is not None else n
     plans = [_plan(run, model, read_layer, metric, fast) for run in runs]
-    names = {_resume_hook(p.start, n) for p in plans if p.start is not None}
+    names = {resume_hook(p.start, n) for p in plans if p.start is not None}
     names |= {f"blocks.{p.start}.attn.hook_z" for p in plans if p.after_attn}
     if reads is not None:
         names.add(reads)
     with torch.no_grad():
         out, target = model.run_with_cache(target_input, names_filter=sorted(names))
-    target_metric = float(_score(metric, out if reads is None else target[reads], 1)[0])
-    values = torch.empty(len(runs))
+    target_metric = _scalar(_score(metric, out if reads is None else target[reads], 1, B)[0])
+    values = torch.empty(len(runs), dtype=_result_dtype(model), device=model.cfg.device)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(plans):
         groups[(-1 if p.start is None else p.start, p.after_attn, p.tail_positions or ())].append(i)
     chunks = [(key, idx[k:k + batch_size]) for key, idx in sorted(groups.items()) for k in range(0, len(idx), batch_size)]
     for (start, after_attn, tail), idx in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         values[idx] = _run_chunk(model, target_input, target, source, [runs[i] for i in idx], metric,
-                                 None if start < 0 else start, after_attn, tail or None)  # fmt: skip
+                                 None if start < 0 else start, after_attn, tail or None).to(values)  # fmt: skip
     return values, target_metric
 
 
@@ -308,7 +335,7 @@ class _Plan:
 
 def _plan(run: tuple[Patch, ...], model, read_layer: int, metric, fast: bool) -> _Plan:
     n = model.cfg.n_layers
-    layers = [_hook_layer(s.hook, n) for s in run]
+    layers = [hook_layer(s.hook, n) for s in run]
     start = None if any(l is None for l in layers) else min(layers + [read_layer])
     after_attn = (
         fast and start is not None and start < n and start < read_layer
@@ -324,23 +351,25 @@ def _plan(run: tuple[Patch, ...], model, read_layer: int, metric, fast: bool) ->
     return _Plan(start, after_attn, tail)
 
 
-def _patch_fn(sites: list[tuple[int, Patch]], rows: int, src: Tensor, axes: str):
-    """One hook for a whole chunk: row i of the batch gets its own sites patched in."""
+def _patch_fn(sites: list[tuple[int, Patch]], runs: int, src: Tensor, axes: str):
+    """One hook for a whole chunk of `runs` runs (each `batch` rows, run-major): run i gets its own sites."""
     shape = src.shape
-    mask = torch.zeros(rows, *site_mask(shape, axes, None, None).shape, dtype=torch.bool)
-    for row, site in sites:
-        mask[row] |= site_mask(shape, axes, site.positions, site.heads)
+    mask = torch.zeros(runs, *site_mask(shape, axes, None, None).shape, dtype=torch.bool)
+    for run, site in sites:
+        mask[run] |= site_mask(shape, axes, site.positions, site.heads)
 
     def fn(act: Tensor, hook) -> Tensor:
         if act.shape[1:] != shape[1:]:
             raise ValueError(f"source activation {hook.name} is {tuple(shape)}, the patched run's is {tuple(act.shape)}")
-        return torch.where(mask.to(act.device), src.to(act), act)
+        per_run = act.reshape(runs, act.shape[0] // runs, *act.shape[1:])  # [run batch ...]
+        patched = torch.where(mask.to(act.device).unsqueeze(1), src.to(act).unsqueeze(0), per_run)
+        return patched.reshape(act.shape)
 
     return fn
 
 
 def _run_chunk(model, pixels, target, source, chunk, metric, start, after_attn, tail) -> Tensor:
-    n, rows = model.cfg.n_layers, len(chunk)
+    n, rows, B = model.cfg.n_layers, len(chunk), pixels.shape[0]
     by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
     for row, run in enumerate(chunk):
         for site in run:
@@ -354,15 +383,15 @@ def _run_chunk(model, pixels, target, source, chunk, metric, start, after_attn, 
     hooks = [(h, _patch_fn(sites, rows, source[h], model.hook_dict[h].axes)) for h, sites in by_hook.items()]
     if reads is not None:
         hooks.append((reads, capture))
-    read_layer = _hook_layer(reads, n) if reads is not None else n
+    read_layer = hook_layer(reads, n) if reads is not None else n
     stop = read_layer + 1 if reads is not None and read_layer < n else None
     with torch.no_grad(), model.hooks(hooks):
         if start is None:
-            x = pixels.expand(rows, *pixels.shape[1:])
+            x = _tile(pixels, rows)
         else:
-            x = target[_resume_hook(start, n)].expand(rows, -1, -1)
+            x = _tile(target[resume_hook(start, n)], rows)
         if after_attn:
-            z = target[f"blocks.{start}.attn.hook_z"].expand(rows, -1, -1, -1)
+            z = _tile(target[f"blocks.{start}.attn.hook_z"], rows)
             block = model.blocks[start]  # a head-output patch cannot change q, k or v: only o_proj onward
             x = block.finish(x, block.attn.from_z(z))
             start += 1
@@ -376,7 +405,7 @@ def _run_chunk(model, pixels, target, source, chunk, metric, start, after_attn, 
             out = model(x, start_at_layer=start, stop_at_layer=stop) if stop is not None else model(x, start_at_layer=start)
     if reads is not None and tail is None:
         out = captured["act"]
-    return _score(metric, out, rows)
+    return _score(metric, out, rows, B)
 
 
 def _last_block_at(model, resid_pre: Tensor, positions: tuple[int, ...], logits: bool) -> Tensor:
@@ -514,15 +543,16 @@ def patch_sweep(
     """
     if direction not in ("denoising", "noising"):
         raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
-    _check_single(clean_input, "clean_input")
-    _check_single(corrupted_input, "corrupted_input")
+    if _batch_of(clean_input, "clean_input") != _batch_of(corrupted_input, "corrupted_input"):
+        raise ValueError(f"clean_input and corrupted_input hold different numbers of clips: "
+                         f"{clean_input.shape[0]} and {corrupted_input.shape[0]}")  # fmt: skip
     target, src_input = (corrupted_input, clean_input) if direction == "denoising" else (clean_input, corrupted_input)
     layered = act not in ("embed", "pos_embed")
     hooks = [_hook_template(act, l) for l in (_layer_list(layers, model.cfg.n_layers) if layered else [None])]
     reads = getattr(metric, "reads", None)
     with torch.no_grad():
         src_out, source = model.run_with_cache(src_input, names_filter=sorted(set(hooks) | ({reads} - {None})))
-    src_metric = float(_score(metric, src_out if reads is None else source[reads], 1)[0])
+    src_metric = _scalar(_score(metric, src_out if reads is None else source[reads], 1, src_input.shape[0])[0])
     result = _sweep(model, target, source, metric, act, layers=layers, heads=heads, positions=positions,
                     order=("layer", "pos", "head"), batch_size=batch_size, progress=progress, fast=fast)  # fmt: skip
     tgt_metric = result.meta.pop("target_metric")
@@ -532,22 +562,40 @@ def patch_sweep(
 
 
 # TransformerLens-compatible entry points --------------------------------------------------------
-_TL_DOC = """TransformerLens `{name}`: run `corrupted_input`, patch in `clean_cache`'s {what}, return the metric.
+_TL_DOC = """TransformerLens `{name}`: run `corrupted_tokens`, patch in `clean_cache`'s {what}, return the metric.
 
-    Returns a plain tensor `[{shape}]` as TransformerLens does (`return_result=True`: the
-    PatchResult with axis labels). `positions` (by-position variants): None = every position
-    (TransformerLens), or `"all"`, `"cls"`, `"frames"`, groups, a dict (see `patch_sweep`).
-    For noising, call with the clean input and the corrupt cache. `clean_cache` must hold the
-    patched hooks. `batch_size`, `progress`, `fast`: see `run_patches`.
+    Arguments as in TransformerLens: `(model, corrupted_tokens, clean_cache, patching_metric)`,
+    by position or by keyword (`corrupted_input=` is accepted for `corrupted_tokens`). The
+    corrupted input is a batch of B clips and `clean_cache` holds B clips; `patching_metric` is
+    called on the patched `[B, n_classes]` logits and returns a scalar (or is a `Metric`, averaged
+    over the batch). Returns a plain tensor `[{shape}]` as TransformerLens does
+    (`return_result=True`: the PatchResult with axis labels). `positions` (by-position variants):
+    None = every position (TransformerLens), or `"all"`, `"cls"`, `"frames"`, groups, a dict (see
+    `patch_sweep`). For noising, call with the clean input and the corrupt cache. `batch_size`,
+    `progress`, `fast`: see `run_patches`.
 """
 
 
+def _tl_args(corrupted_tokens, clean_cache, patching_metric, corrupted_input, name: str):
+    if corrupted_input is not None:
+        if corrupted_tokens is not None:
+            raise TypeError(f"{name}: pass corrupted_tokens or corrupted_input, not both")
+        corrupted_tokens = corrupted_input
+    missing = [n for n, v in (("corrupted_tokens", corrupted_tokens), ("clean_cache", clean_cache),
+                              ("patching_metric", patching_metric)) if v is None]  # fmt: skip
+    if missing:
+        raise TypeError(f"{name}() missing required argument(s): {', '.join(missing)}")
+    return corrupted_tokens, clean_cache, patching_metric
+
+
 def _tl(name: str, act: str, order: tuple[str, ...], heads, default_positions, what: str, shape: str):
-    def entry(model, corrupted_input: Tensor, clean_cache: Mapping[str, Tensor], patching_metric, *,
-              positions: PositionSpec = default_positions, layers=None, batch_size: int = 16, progress: bool = True,
-              fast: bool = True, return_result: bool = False):  # fmt: skip
-        res = _sweep(model, corrupted_input, clean_cache, patching_metric, act, layers=layers, heads=heads,
-                     positions=positions, order=order, batch_size=batch_size, progress=progress, fast=fast)  # fmt: skip
+    def entry(model, corrupted_tokens: Tensor | None = None, clean_cache: Mapping[str, Tensor] | None = None,
+              patching_metric=None, *, corrupted_input: Tensor | None = None, positions: PositionSpec = default_positions,
+              layers=None, batch_size: int = 16, progress: bool = True, fast: bool = True,
+              return_result: bool = False):  # fmt: skip
+        x, cache, metric = _tl_args(corrupted_tokens, clean_cache, patching_metric, corrupted_input, name)
+        res = _sweep(model, x, cache, metric, act, layers=layers, heads=heads, positions=positions, order=order,
+                     batch_size=batch_size, progress=progress, fast=fast)  # fmt: skip
         res.meta["direction"] = "denoising"
         return res if return_result else res.values
 
@@ -587,26 +635,26 @@ get_act_patch_attn_head_pattern_by_pos = _tl("get_act_patch_attn_head_pattern_by
                                              "attention patterns by query position", "layer head dest_pos")  # fmt: skip
 
 
-def get_act_patch_attn_head_all_pos_every(model, corrupted_input, clean_cache, metric, **kwargs) -> Tensor:
+def get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric, **kwargs) -> Tensor:
     """`[5 layer head]`: head output, q, k, v and pattern patching (all positions), as in TransformerLens."""
     fns = (get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos, get_act_patch_attn_head_k_all_pos,
            get_act_patch_attn_head_v_all_pos, get_act_patch_attn_head_pattern_all_pos)  # fmt: skip
-    return torch.stack([f(model, corrupted_input, clean_cache, metric, **kwargs) for f in fns])
+    return torch.stack([f(model, corrupted_tokens, clean_cache, metric, **kwargs) for f in fns])
 
 
-def get_act_patch_attn_head_by_pos_every(model, corrupted_input, clean_cache, metric, **kwargs) -> Tensor:
+def get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric, **kwargs) -> Tensor:
     """`[5 layer pos head]`: head output, q, k, v and pattern patching by position, as in TransformerLens."""
     fns = (get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos, get_act_patch_attn_head_k_by_pos,
            get_act_patch_attn_head_v_by_pos)  # fmt: skip
-    out = [f(model, corrupted_input, clean_cache, metric, **kwargs) for f in fns]
-    pattern = get_act_patch_attn_head_pattern_by_pos(model, corrupted_input, clean_cache, metric, **kwargs)
+    out = [f(model, corrupted_tokens, clean_cache, metric, **kwargs) for f in fns]
+    pattern = get_act_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, metric, **kwargs)
     return torch.stack(out + [rearrange(pattern, "layer head pos -> layer pos head")])
 
 
-def get_act_patch_block_every(model, corrupted_input, clean_cache, metric, **kwargs) -> Tensor:
+def get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric, **kwargs) -> Tensor:
     """`[3 layer pos]`: resid_pre, attn_out and mlp_out patching by position, as in TransformerLens."""
     fns = (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)
-    return torch.stack([f(model, corrupted_input, clean_cache, metric, **kwargs) for f in fns])
+    return torch.stack([f(model, corrupted_tokens, clean_cache, metric, **kwargs) for f in fns])
 
 
 __all__ = [
@@ -618,4 +666,8 @@ __all__ = [
     "get_act_patch_attn_head_v_all_pos", "get_act_patch_attn_head_v_by_pos",
     "get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_pattern_by_pos",
     "get_act_patch_attn_head_all_pos_every", "get_act_patch_attn_head_by_pos_every", "get_act_patch_block_every",
+    "generic_activation_patch", "get_act_patch_attn_head_pattern_dest_src_pos", "get_act_patch_direct_path",
+    "get_act_patch_direct_path_all_sources", "layer_head_dest_src_pos_pattern_patch_setter",
+    "layer_head_pattern_patch_setter", "layer_head_pos_pattern_patch_setter", "layer_head_vector_patch_setter",
+    "layer_pos_head_vector_patch_setter", "layer_pos_patch_setter",
 ]  # fmt: skip
