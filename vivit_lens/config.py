@@ -343,22 +343,26 @@ class ViViTConfig:
     # HF JSON ---------------------------------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ViViTConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a mapping of config fields, got a {type(d).__name__}")
         if d.get("model_type", "vivit") != "vivit":
             raise ConfigError(f"expected a config with model_type 'vivit', got {d.get('model_type')!r}")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names and v is not None}
+        _check_fields(kwargs)  # before the constructor sees them
+        for name in ("layer_norm_eps", "initializer_range"):
+            if name in kwargs:
+                kwargs[name] = float(kwargs[name])
         if "id2label" not in kwargs and "num_labels" in d:
-            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(int(d["num_labels"]))}
+            _positive_int("num_labels", d["num_labels"])
+            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(d["num_labels"])}
         return cls(**kwargs)
 
     @classmethod
     def from_json(cls, path: str | Path) -> ViViTConfig:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_hf_dict(d)
+        """Read an HF `config.json`; every error names the file and the field."""
+        d = _read_json(path)
+        return _in_file(path, lambda: cls.from_hf_dict(d))
 
     def to_hf_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = dataclasses.asdict(self)

@@ -7,16 +7,22 @@
 
 from __future__ import annotations
 
+import functools
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from vivit_lens.components import Embed, LayerNorm, PosEmbed, Resid, TransformerBlock
-from vivit_lens.config import ProcessorConfig, ViViTConfig
+from vivit_lens.config import ConfigError, ProcessorConfig, ViViTConfig
 from vivit_lens.hooks import HookedRootModule, HookPoint
+
+RETURN_TYPES = ("logits", "resid")
 
 
 class InputError(ValueError):
@@ -65,9 +71,9 @@ class HookedViViT(HookedRootModule):
         self,
         x: Tensor,  # checked by hand below, for messages that name what was expected
         *,
-        start_at_layer: int | None = None,
-        stop_at_layer: int | None = None,
-        return_type: Literal["logits", "resid"] = "logits",
+        start_at_layer: int | numbers.Integral | None = None,
+        stop_at_layer: int | numbers.Integral | None = None,
+        return_type: str = "logits",  # "logits" or "resid", checked below
     ) -> Float[Tensor, "batch n_classes"] | Resid:
         """Logits `[batch n_classes]` for pixel values `[batch frames channels height width]`.
 
@@ -76,6 +82,8 @@ class HookedViViT(HookedRootModule):
         the residual at `blocks.{l}.hook_resid_pre` instead of logits (`l = n_layers`: before
         ln_final). `return_type="resid"`: return the final residual before ln_final.
         """
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
         n = self.cfg.n_layers
         start = self._layer_arg(start_at_layer, 0, "start_at_layer")
         stop = self._layer_arg(stop_at_layer, n, "stop_at_layer")
@@ -94,12 +102,14 @@ class HookedViViT(HookedRootModule):
             return resid
         return self.unembed(self.ln_final(resid)[:, 0])
 
-    def _layer_arg(self, value: int | None, default: int, name: str) -> int:
+    def _layer_arg(self, value: Any, default: int, name: str) -> int:
         if value is None:
             return default
         n = self.cfg.n_layers
-        if not isinstance(value, int) or not -n <= value <= n:
+        # numpy and other integer types are layers; a bool is not (True would silently mean layer 1)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not -n <= value <= n:
             raise ValueError(f"{name} must be an int in [-{n}, {n}], got {value!r}")
+        value = int(value)
         return value % n if value < 0 else value
 
     def _check_pixels(self, x: Tensor) -> None:
@@ -122,6 +132,15 @@ class HookedViViT(HookedRootModule):
                 f"pixel_values must be a float tensor of preprocessed pixels, got {x.dtype}; "
                 "use vivit_lens.video.preprocess on uint8 frames"
             )
+        bad = ~torch.isfinite(x)
+        if x.device.type != "meta" and bad.any():  # meta tensors hold no values to check
+            b, f, c, r, col = (int(i) for i in bad.nonzero()[0])
+            frames = sorted({int(i) for i in bad.any(dim=(2, 3, 4)).nonzero()[:, 1]})
+            shown = ", ".join(map(str, frames[:10])) + (" ..." if len(frames) > 10 else "")
+            raise InputError(
+                f"pixel_values hold {int(bad.sum())} NaN or infinite value(s), first at clip {b}, frame {f}, "
+                f"channel {c} (row {r}, column {col}); frames affected: {shown}"
+            )
 
     def _check_resid(self, x: Tensor) -> None:
         want = (self.cfg.n_pos, self.cfg.d_model)
@@ -131,6 +150,67 @@ class HookedViViT(HookedRootModule):
                 f"with start_at_layer, the input must be a residual stream [batch, pos={want[0]}, "
                 f"d_model={want[1]}], got {got}"
             )
+        dtype, device = self.unembed.W_U.dtype, self.unembed.W_U.device
+        if x.dtype != dtype or x.device != device:
+            raise InputError(
+                f"with start_at_layer, the residual must be {dtype} on {device} like the model, got {x.dtype} on "
+                f"{x.device}; convert it with .to(model.W_U)"
+            )
+
+    # Running with hooks and caches (checked arguments around hooks.HookedRootModule) ---------------
+    def add_hook(self, name, fn, dir="fwd"):
+        """Attach `fn` to the hook `name` (or to every hook `name(n)` accepts); a forward hook that returns a
+        tensor of another dtype or device than the activation it replaces is an error naming the hook."""
+        if not callable(fn):
+            raise TypeError(f"a hook function must be callable fn(activation, hook), got {type(fn).__name__}")
+        return super().add_hook(name, _checked_return(fn) if dir == "fwd" else fn, dir)
+
+    @contextmanager
+    def hooks(self, fwd_hooks=(), bwd_hooks=()) -> Iterator[HookedViViT]:
+        _check_hook_list(fwd_hooks, "fwd_hooks")
+        _check_hook_list(bwd_hooks, "bwd_hooks")
+        with super().hooks(fwd_hooks, bwd_hooks) as model:
+            yield model
+
+    def run_with_hooks(self, *args: Any, fwd_hooks=(), bwd_hooks=(), **kwargs: Any) -> Any:
+        _check_hook_list(fwd_hooks, "fwd_hooks")
+        _check_hook_list(bwd_hooks, "bwd_hooks")
+        return super().run_with_hooks(*args, fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, **kwargs)
+
+    def run_with_cache(
+        self,
+        *args: Any,
+        names_filter=None,
+        device: str | torch.device | None = None,
+        incl_bwd: bool = False,
+        check_memory: bool = True,
+        **kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """`HookedRootModule.run_with_cache`, refused before compute when the cache would not fit in memory.
+
+        `check_memory=False` (or the environment variable VIVIT_LENS_NO_MEMORY_GUARD=1) skips the guard.
+        `incl_bwd=True` computes the gradients of the cached activations only: no parameter keeps a `.grad`.
+        """
+        from vivit_lens import memory
+
+        _check_names_filter(names_filter)
+        if incl_bwd and torch.is_inference_mode_enabled():
+            raise RuntimeError("run_with_cache(incl_bwd=True) needs autograd, which torch.inference_mode() turns "
+                               "off; call it outside the inference_mode block")  # fmt: skip
+        x = args[0] if args else kwargs.get("x")
+        if check_memory and isinstance(x, Tensor) and x.ndim:
+            memory.guard_cache(self, self._names_matching(names_filter), x.shape[0], device=device, incl_bwd=incl_bwd,
+                               start_at_layer=kwargs.get("start_at_layer"), stop_at_layer=kwargs.get("stop_at_layer"))  # fmt: skip
+        if not incl_bwd:
+            return super().run_with_cache(*args, names_filter=names_filter, device=device, **kwargs)
+        grads = [(p, p.grad) for p in self.parameters()]
+        for p, _ in grads:
+            p.grad = None
+        try:
+            return super().run_with_cache(*args, names_filter=names_filter, device=device, incl_bwd=True, **kwargs)
+        finally:
+            for p, g in grads:  # the backward's parameter gradients are dropped; any earlier ones come back
+                p.grad = g
 
     # TransformerLens-style weights ---------------------------------------------------------------
     def _stack(self, get) -> Tensor:
@@ -233,6 +313,11 @@ class HookedViViT(HookedRootModule):
         files = loading.resolve(name_or_path, revision=revision, cache_dir=cache_dir)
         cfg = ViViTConfig.from_json(files.config)
         processor = ProcessorConfig.from_json(files.processor) if files.processor else None
+        if processor is not None and processor.do_center_crop and processor.crop_size != cfg.image_size:
+            raise ConfigError(
+                f"{files.processor}: crop_size {processor.crop_size} does not match the model's image_size "
+                f"{cfg.image_size} in {files.config.name}; the processor must produce the frames the model takes"
+            )
         state = loading.read_state_dict(files.weights)
         model = cls(cfg, processor)
         model.load_hf_state_dict(state)
@@ -259,3 +344,52 @@ class HookedViViT(HookedRootModule):
         from vivit_lens.convert import save_hf_folder
 
         save_hf_folder(self, folder)
+
+
+# Argument checks ---------------------------------------------------------------------------------
+def _check_names_filter(names_filter) -> None:
+    ok = (
+        names_filter is None
+        or isinstance(names_filter, str)
+        or callable(names_filter)
+        or (isinstance(names_filter, (list, tuple, set, frozenset)) and all(isinstance(n, str) for n in names_filter))
+    )
+    if not ok:
+        raise TypeError(
+            "names_filter must be None (every hook), a hook name, a list of hook names, or a function "
+            f"name -> bool; got {names_filter!r}"
+        )
+
+
+def _check_hook_list(hooks, what: str) -> None:
+    pairs = isinstance(hooks, Sequence) and not isinstance(hooks, str)
+    pairs = pairs and all(
+        isinstance(h, (tuple, list)) and len(h) == 2 and (isinstance(h[0], str) or callable(h[0])) and callable(h[1])
+        for h in hooks
+    )
+    if not pairs:
+        hint = " (a single pair? wrap it in a list)" if isinstance(hooks, tuple) and len(hooks) == 2 else ""
+        raise TypeError(
+            f"{what} must be a list of (hook name or name -> bool, fn(activation, hook)) pairs{hint}; got {hooks!r}"
+        )
+
+
+def _checked_return(fn: Callable) -> Callable:
+    """`fn`, with its return value checked: None (keep the activation) or a tensor of the same dtype and device."""
+
+    @functools.wraps(fn)
+    def checked(x: Tensor, hook: HookPoint):
+        out = fn(x, hook=hook)
+        if isinstance(out, Tensor) and (out.dtype != x.dtype or out.device != x.device):
+            raise InputError(
+                f"hook {getattr(fn, '__name__', fn)!r} on {hook.name} returned a {out.dtype} tensor on {out.device}; "
+                f"the activation is {x.dtype} on {x.device} (return it converted, e.g. out.to(activation))"
+            )
+        if out is not None and not isinstance(out, Tensor):
+            raise InputError(
+                f"hook {getattr(fn, '__name__', fn)!r} on {hook.name} returned {type(out).__name__}; a forward hook "
+                f"returns a tensor of shape {tuple(x.shape)} to replace the activation, or None to keep it"
+            )
+        return out
+
+    return checked

@@ -693,10 +693,17 @@ def save(frames: Clip | np.ndarray | torch.Tensor | Sequence[np.ndarray], path: 
     51 worst; 18 is visually lossless). `lossless=True` writes RGB losslessly instead (x264 High 4:4:4,
     qp 0; any size, no padding): `load` gives back exactly these frames, but some players cannot play it.
     """
-    arr = _as_frames(frames, "save")
     path = Path(path)
+    arr = _as_frames(frames, f"save {path}")
     if path.suffix.lower() not in _SAVE_SUFFIXES:
         raise ValueError(f"{path}: save writes h264 into {', '.join(_SAVE_SUFFIXES)} files")
+    if not path.parent.is_dir():
+        raise VideoError(f"{path}: cannot write it, the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise VideoError(f"{path}: cannot write it, a folder of that name exists")
+    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
+        raise ValueError(f"{path}: crf must be an int in 0..51 (x264 quality: 0 best, 18 visually lossless), "
+                         f"got {crf!r}")  # fmt: skip
     rate = _fps_fraction(fps)
     _, h, w, _ = arr.shape
     if not lossless and (h % 2 or w % 2):
@@ -706,15 +713,23 @@ def save(frames: Clip | np.ndarray | torch.Tensor | Sequence[np.ndarray], path: 
     codec, pix_fmt, options = ("libx264rgb", "rgb24", {"qp": "0"}) if lossless else \
         ("libx264", "yuv420p", {"crf": str(int(crf))})
     muxer_options = {"movflags": "+faststart"} if path.suffix.lower() in (".mp4", ".m4v", ".mov") else {}
+    # Written beside the target and moved into place when complete: an interrupted save leaves no partial video.
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        with av.open(str(path), "w", options=muxer_options) as container:
+        with av.open(str(partial), "w", options=muxer_options) as container:
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height, stream.pix_fmt = arr.shape[2], arr.shape[1], pix_fmt
             stream.options = options
             for image in arr:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(stream.encode(None))
-    except BaseException:
-        path.unlink(missing_ok=True)
+        os.replace(partial, path)
+    except BaseException as e:
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:  # clean-up must not hide the real error
+            pass
+        if isinstance(e, OSError):
+            raise VideoError(f"{path}: cannot write it ({e.strerror or e})") from e
         raise
     return path
