@@ -133,8 +133,8 @@ def test_analyze_with_no_arguments_uses_the_shipped_model(tmp_path):
 def test_study_generated_pairs(other, tmp_path, capsys):
     ckpt, _ = other
     out = tmp_path / "study"
-    rc, err = run(["study", "--model", ckpt, "--pairs", "2", "--out", out, "--bootstrap", "300", "--no-progress"],
-                  capsys)
+    rc, err = run(["study", "--model", ckpt, "--pairs", "2", "--probe-pairs", "4", "--out", out, "--bootstrap", "300",
+                   "--no-progress"], capsys)
     assert rc == 0, err
     st = json.loads((out / "results.json").read_text())
     assert set(st["domains"]) == {"bowling", "golf_putt"}, "the second domain answers 'does it generalise'"
@@ -161,7 +161,7 @@ def test_study_pairs_csv(other, tmp_path, capsys):
     assert rc == 0, err
     st = json.loads((tmp_path / "o" / "results.json").read_text())
     assert {d: v["n"] for d, v in st["domains"].items()} == {"golf": 2, "bowl": 1}
-    assert st["probe"]["bowl"]["records"] == []
+    assert not st["probe"].get("bowl", {}).get("records"), "one pair is too few for a probe"
 
 
 # Bad input ---------------------------------------------------------------------------------------

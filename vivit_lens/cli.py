@@ -5,7 +5,11 @@
     vivit-lens study --pairs 20                          # bowling and golf_putt pairs, 95% bootstrap CIs
 
 Exit codes: 0 done, 2 bad input (a one-line message on stderr, no traceback), 1 an unexpected error.
-The work is done by `vivit_lens.analysis` (numbers) and `vivit_lens.report` (files).
+The work is done by `vivit_lens.analysis` (numbers) and `vivit_lens.report` (files). Outputs are complete or
+absent: they are written into a temporary folder beside `--out` and moved into place when finished; a
+non-empty `--out` is replaced only with `--overwrite`, and only then. Progress bars go to stderr when it is a
+terminal; `--quiet` prints nothing but errors. The memory guard (refusing runs that cannot fit before
+computing them) is turned off with VIVIT_LENS_NO_MEMORY_GUARD=1.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import logging
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
+# Fewer analysed pairs than this per domain make the 95% bootstrap CIs meaningless (the spread of a handful).
+MIN_PAIRS_FOR_CI = 10
+DEFAULT_PAIRS = 20
 
 
 class UsageError(ValueError):
@@ -26,14 +34,19 @@ class UsageError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from vivit_lens import __version__
+
     p = argparse.ArgumentParser(prog="vivit-lens", description="Mechanistic analysis of ViViT video classifiers "
                                 "on outcome minimal pairs (clean = success clip, corrupt = failure clip).")  # fmt: skip
+    p.add_argument("--version", action="version", version=f"vivit-lens {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{analyze,study}")
     sub.required = True
 
     def common(q: argparse.ArgumentParser, out_default: str) -> None:
         q.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the shipped tiny model)")
         q.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
+        q.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty --out folder (only once the new output is complete)")
         q.add_argument("--class", dest="cls", default=None, metavar="NAME",
                        help="class for the logit measurements: a label or an index (default: the model's top "
                             "prediction on the clean clip)")  # fmt: skip
@@ -42,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--signal-positions", choices=("cls", "all"), default="cls",
                        help="tokens of that residual the signal is read at (default: cls)")
         q.add_argument("--batch-size", type=int, default=16, help="patched runs per forward pass (default: 16)")
-        q.add_argument("--no-progress", action="store_true", help="no progress bars")
+        q.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (they are shown only when stderr is a terminal)")
         q.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     a = sub.add_parser("analyze", help="analyse one clean/corrupt pair and write report.html + results.json",
@@ -66,12 +80,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "bootstrap confidence intervals and a per-layer outcome probe on held-out "
                                    "pairs.")  # fmt: skip
     common(s, "vivit_lens_study")
-    s.add_argument("--pairs", type=int, default=20, help="generated pairs per action (default: 20)")
+    s.add_argument("--pairs", type=int, default=None, help=f"generated pairs per action (default: {DEFAULT_PAIRS})")
     s.add_argument("--action", "--domain", dest="actions", action="append", default=None, metavar="ACTION",
                    help="action to generate pairs of (repeatable; default: bowling and golf_putt)")
     s.add_argument("--pairs-csv", default=None, metavar="FILE",
-                   help="user pairs instead: a CSV with columns clean,corrupt (paths relative to the CSV) and an "
-                        "optional column domain")  # fmt: skip
+                   help="user pairs instead (not with --pairs or --action): a CSV with columns clean,corrupt (paths "
+                        "relative to the CSV) and an optional column domain")  # fmt: skip
     s.add_argument("--seed", type=int, default=0, help="first pair seed, and the bootstrap and probe seed (default: 0)")
     s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     s.add_argument("--test-fraction", type=float, default=0.25, help="share of pairs held out for the probe")
@@ -101,7 +115,7 @@ def _shipped_pair(action: str) -> tuple[str, str]:
 def _load_model(name: str | None):
     from vivit_lens import HookedViViT
 
-    name = name or _shipped_model()
+    name = _shipped_model() if name is None else name
     try:
         return HookedViViT.from_pretrained(name), name
     except (OSError, ValueError) as e:  # not found, unreadable, not a ViViT, weights that do not fit
@@ -147,6 +161,20 @@ def _check_common(args) -> None:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
+def _output(args, *inputs):
+    """The --out folder, validated before any compute (and its temporary sibling created)."""
+    from vivit_lens.atomic import OutputFolder
+
+    return OutputFolder(args.out, overwrite=args.overwrite, protect=[p for p in inputs if p])
+
+
+def _write(out, write, log, t0: float) -> None:
+    """`write(folder)` into the temporary folder, then move it into place; logs where it went."""
+    paths = {k: out.final(v) for k, v in write(out.tmp).items()}
+    out.commit()
+    log(f"wrote {paths['report']}, {paths['results']} and {paths['figures']}/ in {time.perf_counter() - t0:.1f} s")
+
+
 def _check_signal_layer(model, layer: int | None) -> None:
     n = model.cfg.n_layers
     if layer is not None and not 0 <= layer < n:
@@ -155,8 +183,6 @@ def _check_signal_layer(model, layer: int | None) -> None:
 
 # Commands ----------------------------------------------------------------------------------------
 def cmd_analyze(args, log) -> int:
-    from vivit_lens import analysis, report
-
     _check_common(args)
     if (args.clean is None) != (args.corrupt is None):
         raise UsageError("give both CLEAN and CORRUPT videos, or neither (the shipped bowling pair)")
@@ -167,6 +193,16 @@ def cmd_analyze(args, log) -> int:
     for p in (clean_path, corrupt_path):
         if not Path(p).is_file():
             raise UsageError(f"no such video file: {p}")
+    out = _output(args, clean_path, corrupt_path, args.model)
+    try:
+        return _analyze(args, log, out, clean_path, corrupt_path, t0)
+    finally:
+        out.discard()  # a no-op once the output is in place; otherwise nothing half-written stays
+
+
+def _analyze(args, log, out, clean_path: str, corrupt_path: str, t0: float) -> int:
+    from vivit_lens import analysis, report
+
     model, name = _load_model(args.model)
     _check_signal_layer(model, args.signal_layer)
     cls = _resolve_class(model, args.cls)
@@ -176,47 +212,80 @@ def cmd_analyze(args, log) -> int:
     res = analysis.analyze_pair(model, pair.clean, pair.corrupt, label=cls, region=region,
                                 signal_layer=args.signal_layer, signal_positions=args.signal_positions,
                                 top_heads=args.top_heads, n_composers=args.composers, batch_size=args.batch_size,
-                                progress=not args.no_progress)  # fmt: skip
+                                progress=args.progress)  # fmt: skip
     res["definitions"] = analysis.DEFINITIONS
     res["meta"] = analysis.provenance(model, name, inputs=pair.meta, command=["vivit-lens", *args.argv])
     res["timings_s"]["total_before_report"] = time.perf_counter() - t0
-    paths = report.write_analysis(res, args.out, frames=analysis.display_frames(pair.clean, model.processor),
-                                  progress=not args.no_progress)  # fmt: skip
-    log(f"wrote {paths['report']}, {paths['results']} and {paths['figures']}/ in {time.perf_counter() - t0:.1f} s")
+    frames = analysis.display_frames(pair.clean, model.processor)
+    _write(out, lambda folder: report.write_analysis(res, folder, frames=frames, progress=args.progress), log, t0)
     return EXIT_OK
+
+
+def _csv_rows(path: str) -> list[tuple[int, dict]]:
+    """(line number, row) of every data row of a pairs CSV, each checked for its clean and corrupt fields."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"no such CSV file: {path}")
+    try:
+        with file.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    if not {"clean", "corrupt"} <= set(header):
+        raise UsageError(f"{path} must be a CSV with a header row naming the columns clean,corrupt (got "
+                         f"{','.join(header) if header else 'an empty file'})")  # fmt: skip
+    if not rows:
+        raise UsageError(f"{path} has a header but no pairs")
+    for line, row in rows:
+        if None in row:
+            raise UsageError(f"{path}, line {line}: {len(header) + len(row[None])} fields, but the header names "
+                             f"{len(header)} ({','.join(header)})")  # fmt: skip
+        empty = [k for k in ("clean", "corrupt") if not (row[k] or "").strip()]
+        if empty:
+            raise UsageError(f"{path}, line {line}: no {' or '.join(empty)} path (expected {','.join(header)})")
+    return rows
 
 
 def _read_pairs_csv(model, path: str) -> dict:
     from vivit_lens import analysis
 
     file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"no such CSV file: {path}")
-    try:
-        with file.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    if not rows or not {"clean", "corrupt"} <= set(rows[0]):
-        raise UsageError(f"{path} must be a CSV with a header row naming the columns clean,corrupt (got "
-                         f"{sorted(rows[0]) if rows else 'no rows'})")  # fmt: skip
     pairs: dict[str, list] = {}
-    for i, row in enumerate(rows):
-        paths = [file.parent / row[k].strip() if not Path(row[k].strip()).is_absolute() else Path(row[k].strip())
-                 for k in ("clean", "corrupt")]  # fmt: skip
+    for line, row in _csv_rows(path):
+        paths = [file.parent / Path(row[k].strip()).expanduser() for k in ("clean", "corrupt")]
+        where = f"{path}, line {line}"
+        for p in paths:
+            if not p.is_file():
+                raise UsageError(f"{where}: no such video file: {p}")
+        if paths[0].resolve() == paths[1].resolve():
+            raise UsageError(f"{where}: clean and corrupt are the same file ({paths[0]})")
         try:
             pair = analysis.load_pair(model, *paths)
         except analysis.PairError as e:
-            raise UsageError(f"{path}, row {i + 2}: {e}") from None
-        pair.name = f"row{i + 2}:{paths[0].name}"
+            raise UsageError(f"{where}: {e}") from None
+        if pair.clean.shape == pair.corrupt.shape and bool((pair.clean == pair.corrupt).all()):
+            raise UsageError(f"{where}: the clean and corrupt clips are identical at the model's input")
+        pair.name = f"line{line}:{paths[0].name}"
         pairs.setdefault((row.get("domain") or "user").strip() or "user", []).append(pair)
     return pairs
 
 
+def _warn_small(pairs: dict, log) -> None:
+    for domain, items in pairs.items():
+        if len(items) < MIN_PAIRS_FOR_CI:
+            log(f"warning: {domain}: {len(items)} analysed pair(s); with fewer than {MIN_PAIRS_FOR_CI} the 95% "
+                "bootstrap CIs are not meaningful (use --pairs 10 or more for conclusions)")  # fmt: skip
+
+
 def cmd_study(args, log) -> int:
-    from vivit_lens import analysis, report, synthetic
+    from vivit_lens import synthetic
 
     _check_common(args)
+    if args.pairs_csv and (args.pairs is not None or args.actions):
+        raise UsageError("--pairs-csv reads the pairs from the CSV: it cannot be combined with --pairs or --action")
+    args.pairs = DEFAULT_PAIRS if args.pairs is None else args.pairs
     if args.pairs < 1:
         raise UsageError(f"--pairs must be >= 1, got {args.pairs}")
     if args.bootstrap < 1:
@@ -227,7 +296,19 @@ def cmd_study(args, log) -> int:
     for a in actions:
         if a not in synthetic.ACTIONS:
             raise UsageError(f"unknown action {a!r}; expected one of {', '.join(synthetic.ACTIONS)}")
+    if args.pairs_csv:
+        _csv_rows(args.pairs_csv)  # the CSV's own problems, before any loading
     t0 = time.perf_counter()
+    out = _output(args, args.pairs_csv and Path(args.pairs_csv).parent, args.model)
+    try:
+        return _study(args, log, out, actions, t0)
+    finally:
+        out.discard()
+
+
+def _study(args, log, out, actions: list[str], t0: float) -> int:
+    from vivit_lens import analysis, report
+
     model, name = _load_model(args.model)
     _check_signal_layer(model, args.signal_layer)
     cls = _resolve_class(model, args.cls)
@@ -235,32 +316,40 @@ def cmd_study(args, log) -> int:
         pairs = _read_pairs_csv(model, args.pairs_csv)
         source = {"pairs_csv": str(args.pairs_csv)}
     else:
-        pairs = {a: analysis.generate_pairs(model, a, args.pairs, seed=args.seed, progress=not args.no_progress)
+        pairs = {a: analysis.generate_pairs(model, a, args.pairs, seed=args.seed, progress=args.progress)
                  for a in actions}  # fmt: skip
         source = {"generated": {"actions": actions, "pairs_per_action": args.pairs, "first_seed": args.seed,
                                 "renderer": "vivit_lens.synthetic.render_pair"}}  # fmt: skip
     log(f"model {name}: {sum(len(v) for v in pairs.values())} pairs in {len(pairs)} domain(s)")
+    _warn_small(pairs, log)
     st = analysis.study(model, pairs, label=cls, signal_layer=args.signal_layer,
                         signal_positions=args.signal_positions, n_boot=args.bootstrap, seed=args.seed,
-                        test_fraction=args.test_fraction, progress=not args.no_progress,
+                        test_fraction=args.test_fraction, progress=args.progress,
                         batch_size=args.batch_size)  # fmt: skip
     st["definitions"] = {**analysis.DEFINITIONS,
                          "bootstrap_ci": analysis.DEFINITIONS["bootstrap_ci"].format(n_boot=args.bootstrap,
                                                                                      seed=args.seed)}  # fmt: skip
     st["meta"] = analysis.provenance(model, name, pairs=source, command=["vivit-lens", *args.argv])
     st["timings_s"] = {"total_before_report": time.perf_counter() - t0}
-    paths = report.write_study(st, args.out, progress=not args.no_progress)
-    log(f"wrote {paths['report']}, {paths['results']} and {paths['figures']}/ in {time.perf_counter() - t0:.1f} s")
+    _write(out, lambda folder: report.write_study(st, folder, progress=args.progress), log, t0)
     return EXIT_OK
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from vivit_lens import CheckpointError, CheckpointNotFoundError, InputError
     from vivit_lens.analysis import PairError
+    from vivit_lens.atomic import OutputError
     from vivit_lens.config import ConfigError
+    from vivit_lens.memory import MemoryGuardError
     from vivit_lens.video import VideoError
 
-    return (UsageError, PairError, VideoError, InputError, ConfigError, CheckpointError, CheckpointNotFoundError)
+    return (UsageError, PairError, VideoError, InputError, ConfigError, CheckpointError, CheckpointNotFoundError,
+            OutputError, MemoryGuardError)  # fmt: skip
+
+
+def one_line(e: BaseException) -> str:
+    """An error message on one line (multi-line messages, such as a checkpoint's key lists, are joined)."""
+    return " ".join(str(e).split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed its usage message
         return EXIT_OK if e.code == 0 else EXIT_BAD_INPUT
     args.argv = argv
+    # Progress bars only where a person watches: not with --quiet, and not into a log file or a pipe.
+    args.progress = not (args.no_progress or args.quiet) and sys.stderr.isatty()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     def log(msg: str) -> None:
@@ -279,19 +370,27 @@ def main(argv: list[str] | None = None) -> int:
             print(msg, file=sys.stderr)
 
     bad = _bad_input_types()
+    root = logging.getLogger()
+    level = root.level
     try:
-        return cmd_analyze(args, log) if args.command == "analyze" else cmd_study(args, log)
+        with warnings.catch_warnings():
+            if args.quiet:  # nothing but errors
+                warnings.simplefilter("ignore")
+                root.setLevel(logging.ERROR)
+            return cmd_analyze(args, log) if args.command == "analyze" else cmd_study(args, log)
     except KeyboardInterrupt:
-        print("vivit-lens: interrupted", file=sys.stderr)
+        print("vivit-lens: interrupted; nothing was written", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the boundary between the library and the shell
         if isinstance(e, bad):
-            print(f"vivit-lens {args.command}: error: {e}", file=sys.stderr)
+            print(f"vivit-lens {args.command}: error: {one_line(e)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         traceback.print_exc()
         print(f"vivit-lens {args.command}: unexpected error ({type(e).__name__}: {e}); please report it with the "
               "traceback above", file=sys.stderr)  # fmt: skip
         return EXIT_UNEXPECTED
+    finally:
+        root.setLevel(level)
 
 
 if __name__ == "__main__":
