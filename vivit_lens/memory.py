@@ -147,33 +147,43 @@ def guard_cache(model, names: Sequence[str], batch: int, *, device=None, incl_bw
         check(work, "run_with_cache", _model_device(model), advice)
 
 
-def _hooks_of(acts: str | Iterable) -> list[str]:
+def _hooks_of(model, acts: str | Iterable) -> list[str]:
+    """Hook names from an activation short name (`"z"`: every layer's `hook_z`), hook names, or Patch objects."""
+    from vivit_lens.utils import get_act_name
+
     if isinstance(acts, str):
-        return [acts]
+        if acts in model.hook_dict:
+            return [acts]
+        if acts in ("embed", "pos_embed"):
+            return [f"hook_{acts}"]
+        try:
+            return [get_act_name(acts, layer) for layer in range(model.cfg.n_layers)]
+        except ValueError:  # not an activation name: the sweep itself says so
+            return []
     out = []
     for a in acts:
-        out += _hooks_of(a) if not hasattr(a, "hook") else [a.hook]
+        out += [a.hook] if hasattr(a, "hook") else _hooks_of(model, a)
     return out
 
 
-def guard_patching(model, batch_size: int, acts: str | Iterable = (), source=None) -> None:
+def guard_patching(model, x: Tensor, batch_size: int, acts: str | Iterable = (), source=None) -> None:
     """Refuse a patching sweep whose batched runs would not fit, and a source cache holding NaN or inf.
 
-    `acts`: the activation short name (`"pattern"`), hook names, or the Patch objects of the sweep.
+    `x`: the target input (B clips; each patched run patches all B); `acts`: the activation short name
+    (`"pattern"`), hook names, or the Patch objects of the sweep; `source`: the cache patched in.
     """
-    hooks = _hooks_of(acts)
-    patterns = any(h.split(".")[-1] in ("hook_pattern", "hook_attn_scores") or h in ("pattern", "attn_scores")
-                   for h in hooks)  # fmt: skip
-    # the target run's cache is held while `batch_size` patched runs go at once
-    need = forward_bytes(model, batch_size + 1, patterns=patterns)
-    advice = f"use a smaller batch_size ({batch_size} now) or patch fewer layers at once"
+    clips = x.shape[0] if isinstance(x, Tensor) and x.ndim else 1
+    hooks = _hooks_of(model, acts)
+    patterns = any(model.hook_dict[h].axes == _PATTERN_AXES for h in hooks if h in model.hook_dict)
+    # the target run's cache is held while `batch_size` patched runs of all B clips go at once
+    need = forward_bytes(model, clips * (batch_size + 1), patterns=patterns)
+    advice = f"use a smaller batch_size ({batch_size} now), fewer clips at once ({clips} now) or fewer layers"
     check(need, "this patching sweep", _model_device(model), advice)
-    if source is not None:
-        for name in hooks:
-            t = source.get(name)
-            if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
-                raise ValueError(f"the source cache holds NaN or inf at {name!r}; patching it in would make every "
-                                 "result NaN")  # fmt: skip
+    for name in hooks if source is not None else ():
+        t = source.get(name)
+        if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"the source cache holds NaN or inf at {name!r}; patching it in would make the "
+                             "results NaN")  # fmt: skip
 
 
 def guard_attribution(model, x: Tensor, names: Sequence[str]) -> None:

@@ -53,6 +53,11 @@ class HookedViViT(HookedRootModule):
     """
 
     def __init__(self, cfg: ViViTConfig, processor: ProcessorConfig | None = None):
+        from vivit_lens import memory
+
+        where = torch.empty(0)  # the default device and dtype the parameters are built with
+        memory.check(cfg.n_parameters * where.element_size(), f"a model of {cfg.n_parameters:.3g} parameters",
+                     where.device, "check the config's sizes, or build it on another device")  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.processor = processor or ProcessorConfig(crop_size=cfg.image_size)
