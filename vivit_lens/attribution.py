@@ -16,14 +16,14 @@ by element; `agreement` scores how well they match.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
-from vivit_lens.metrics import Metric
+from vivit_lens.metrics import Metric, metric_kind
 from vivit_lens.paths import (
     HeadInput, MLPInput, PathScores, Sender, _mask, all_receivers, all_senders, check_nodes, reaches, source_hook,
     write_delta,
@@ -51,14 +51,20 @@ class Attribution:
 
     Every value is an estimated *effect* (metric change, batch mean), as in `vivit_lens.paths`. For
     TransformerLens-style patched-metric values (what `vivit_lens.patching` returns), add
-    `ref_metric.mean()`, the reference run's metric.
+    `ref_metric.mean()`, the reference run's metric. `per_example`: the metric gave one value per
+    clip (a `Metric`: effects are averaged over the batch), else one value for the whole batch (a
+    TransformerLens-style callable: its gradient already carries the batch, effects are summed).
     """
 
     def __init__(self, model, src: dict[str, Tensor], ref: dict[str, Tensor], grads: dict[str, Tensor],
-                 direction: str, metric: str, ref_metric: Tensor):  # fmt: skip
+                 direction: str, metric: str, ref_metric: Tensor, per_example: bool = True):  # fmt: skip
         self.model, self.cfg = model, model.cfg
         self.src, self.ref, self.grads = src, ref, grads
         self.direction, self.metric, self.ref_metric = direction, metric, ref_metric
+        self.per_example = per_example
+
+    def _over_batch(self, t: Tensor, dim: int) -> Tensor:
+        return t.mean(dim) if self.per_example else t.sum(dim)
 
     # Nodes ----------------------------------------------------------------------------------------
     def node(self, hook: str) -> Tensor:
@@ -68,7 +74,7 @@ class Attribution:
         """
         if hook not in self.grads:
             raise KeyError(f"{hook!r} was not attributed; pass it in attribution_patch(..., hooks=[...])")
-        return ((self.src[hook] - self.ref[hook]) * self.grads[hook]).sum(-1).mean(0)
+        return self._over_batch(((self.src[hook] - self.ref[hook]) * self.grads[hook]).sum(-1), 0)
 
     def _stack(self, name: str) -> Tensor:
         return torch.stack([self.node(f"blocks.{layer}.{name}") for layer in range(self.cfg.n_layers)])
@@ -169,8 +175,8 @@ class Attribution:
             groups[key].append(j)
         for idx in groups.values():
             grads = self.receiver_grads([receivers[j] for j in idx])
-            out[:, idx] = einsum(deltas, grads, "s batch pos d, r batch pos d -> s r batch").mean(-1)
-        reach = torch.tensor([[reaches(s, r) for r in receivers] for s in senders], dtype=out.dtype)
+            out[:, idx] = self._over_batch(einsum(deltas, grads, "s batch pos d, r batch pos d -> s r batch"), -1)
+        reach = torch.tensor([[reaches(s, r) for r in receivers] for s in senders], dtype=out.dtype, device=out.device)
         return out * reach
 
     def _scores(self, values: Tensor, senders, receivers) -> PathScores:
@@ -213,6 +219,9 @@ _PER_LAYER = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "at
               "hook_mlp_in", "hook_mlp_out")  # fmt: skip
 
 
+_CLS_ONLY = ("attn.hook_q", "attn.hook_z", "hook_attn_out", "hook_mlp_in", "hook_mlp_out", "hook_resid_post")
+
+
 def _last_block_at_cls(model, resid_pre: Float[Tensor, "batch pos d_model"]) -> dict[str, Tensor]:
     """The last block for the [CLS] query only, under full hook names: all that the logits depend on."""
     name = f"blocks.{model.cfg.n_layers - 1}."
@@ -220,7 +229,8 @@ def _last_block_at_cls(model, resid_pre: Float[Tensor, "batch pos d_model"]) -> 
 
 
 def _pad(t: Tensor, n_pos: int) -> Tensor:
-    """A [CLS]-only activation `[batch 1 ...]` as `[batch pos ...]`, zero elsewhere (where its gradient is zero)."""
+    """A [CLS]-only activation `[batch 1 ...]` (positions on axis 1) as `[batch pos ...]`, zero elsewhere
+    (where its gradient is zero). Only for what `_last_block_at_cls` computed: other hooks keep their shape."""
     if t.shape[1] == n_pos:
         return t
     out = t.new_zeros(t.shape[0], n_pos, *t.shape[2:])
@@ -232,7 +242,7 @@ def attribution_patch(
     model,
     clean: Float[Tensor, "batch frames channels height width"],
     corrupt: Float[Tensor, "batch frames channels height width"],
-    metric: Metric,
+    metric: Metric | Callable,
     *,
     direction: Direction = "denoising",
     hooks: Sequence[str] = (),
@@ -242,7 +252,9 @@ def attribution_patch(
 
     `direction="denoising"`: reference = corrupt, source = clean (estimates patching clean values
     into the corrupt run); `"noising"`: the other way. `hooks`: extra hook names to attribute
-    (e.g. `"ln_final.hook_normalized"`), read with `.node(name)`.
+    (e.g. `"ln_final.hook_normalized"`, `"blocks.1.attn.hook_pattern"`), read with `.node(name)`.
+    `metric`: a `Metric` (one value per clip; effects are batch means) or a TransformerLens-style
+    callable on the `[batch n_classes]` logits returning one number for the batch.
     `fast`: when the metric reads the logits, no extra hooks are asked for and no hook is attached to
     the model, both runs compute the last block for the [CLS] query only (the logits read nothing
     else): the last layer's activations are then zero outside [CLS], where their gradient is zero,
@@ -253,11 +265,12 @@ def attribution_patch(
     if not isinstance(clean, Tensor) or not isinstance(corrupt, Tensor) or clean.shape != corrupt.shape:
         raise ValueError("clean and corrupt must be tensors of one shape")
     L, n_pos = model.cfg.n_layers, model.cfg.n_pos
+    reads, per_example = metric_kind(metric)
     names = ["hook_embed", "hook_pos_embed", f"blocks.{L - 1}.hook_resid_post", *hooks]
     names += [f"blocks.{layer}.{n}" for layer in range(L) for n in _PER_LAYER]
-    for name in names + ([metric.reads] if metric.reads else []):
+    for name in names + ([reads] if reads else []):
         model._hook_point(name)
-    fast = fast and metric.reads is None and not hooks and not any(h.has_hooks for h in model.hook_dict.values())
+    fast = fast and reads is None and not hooks and not any(h.has_hooks for h in model.hook_dict.values())
     grad_names = [n for n in names if n not in ("hook_embed", "hook_pos_embed")]
     ref_x, src_x = (corrupt, clean) if direction == "denoising" else (clean, corrupt)
     stop = L - 1 if fast else None
@@ -276,20 +289,28 @@ def attribution_patch(
     def keep(t: Tensor, hook) -> None:
         acts[hook.name] = t
 
-    capture = list(dict.fromkeys(names + ([metric.reads] if metric.reads else [])))
+    capture = list(dict.fromkeys(names + ([reads] if reads else [])))
     with torch.enable_grad(), model.hooks([("hook_embed", start_graph)] + [(n, keep) for n in capture]):
         out = model(ref_x, stop_at_layer=stop)
         if fast:
             acts[f"blocks.{L - 1}.hook_resid_pre"] = out
             acts.update(_last_block_at_cls(model, out))
             out = model.unembed(model.ln_final(acts[f"blocks.{L - 1}.hook_resid_post"])[:, 0])
-        value = metric(out if metric.reads is None else acts[metric.reads])
+        value = torch.as_tensor(metric(out if reads is None else acts[reads]))
+        if not per_example and value.numel() != 1:
+            raise ValueError(f"a plain metric must return one number for the batch, got shape {tuple(value.shape)}")
         grads = torch.autograd.grad(value.sum(), [acts[n] for n in grad_names], allow_unused=True)
-    grads_d = {n: _pad((g if g is not None else torch.zeros_like(acts[n])).detach(), n_pos)
+    cls_only = {f"blocks.{L - 1}.{k}" for k in _CLS_ONLY} if fast else set()
+
+    def full(name: str, t: Tensor) -> Tensor:
+        return _pad(t, n_pos) if name in cls_only else t
+
+    grads_d = {n: full(n, (g if g is not None else torch.zeros_like(acts[n])).detach())
                for n, g in zip(grad_names, grads)}  # fmt: skip
-    ref = {n: _pad(acts[n].detach(), n_pos) for n in names}
-    src = {n: _pad(src[n], n_pos) for n in names}
-    return Attribution(model, src, ref, grads_d, direction, repr(metric), value.detach())
+    ref = {n: full(n, acts[n].detach()) for n in names}
+    src = {n: full(n, src[n]) for n in names}
+    name = repr(metric) if per_example else getattr(metric, "__name__", repr(metric))
+    return Attribution(model, src, ref, grads_d, direction, name, value.detach(), per_example)
 
 
 # Agreement -----------------------------------------------------------------------------------
@@ -297,9 +318,9 @@ def _ranks(x: Tensor) -> Tensor:
     """Ranks from 0, ties sharing their average rank (what Spearman's correlation uses)."""
     order = x.argsort()
     ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(len(x), dtype=x.dtype)
+    ranks[order] = torch.arange(len(x), dtype=x.dtype, device=x.device)
     _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(counts), dtype=x.dtype).index_add_(0, inverse, ranks)
+    sums = torch.zeros(len(counts), dtype=x.dtype, device=x.device).index_add_(0, inverse, ranks)
     return (sums / counts)[inverse]
 
 
@@ -309,27 +330,49 @@ def _pearson(a: Tensor, b: Tensor) -> float:
     return float("nan") if denom == 0 else float((a * b).sum() / denom)
 
 
-def agreement(exact, approx, k: int = 10) -> dict[str, float]:
+def _top(x: Tensor, k: int) -> set[int]:
+    """The k largest |x|; ties go to the lower index (a stable sort), so the set never depends on the kernel."""
+    return set(torch.argsort(x.abs(), descending=True, stable=True)[:k].tolist())
+
+
+def _reachable(scores: PathScores) -> Tensor:
+    """`[sender receiver]`: whether any receiver of the group can be reached by the sender at all."""
+    return torch.tensor([[any(reaches(s, r) for r in group) for group in scores.receivers] for s in scores.senders])
+
+
+def agreement(exact, approx, k: int = 10, mask: Tensor | None = None) -> dict[str, float]:
     """How well an approximation (attribution) matches exact scores, element by element.
 
     `exact`, `approx`: tensors of one shape or `PathScores`. Returns Pearson and Spearman
-    correlation and `topk_overlap`: the fraction of the `k` largest-|score| elements of `exact`
-    that are also among the `k` largest of `approx`.
+    correlation, `topk_overlap` (the fraction of the `k` largest-|score| elements of `exact` that
+    are also among the `k` largest of `approx`; ties go to the earlier element, so the result is
+    deterministic), `k`, `n` (elements compared) and `topk_trivial`: True when `k >= n`, where the
+    overlap is 1 by construction and says nothing.
+
+    Pairs that cannot interact (a sender that writes after its receiver reads: a structural zero in
+    both) are left out, since they would agree trivially and inflate the correlations: derived from
+    `PathScores`, or given as a boolean `mask` (True = compare) for plain tensors. NaNs are left out.
     """
-    a = (exact.values if isinstance(exact, PathScores) else exact).detach().double().flatten()
-    b = (approx.values if isinstance(approx, PathScores) else approx).detach().double().flatten()
+    a = (exact.values if isinstance(exact, PathScores) else exact).detach().double().flatten().cpu()
+    b = (approx.values if isinstance(approx, PathScores) else approx).detach().double().flatten().cpu()
     if a.shape != b.shape:
         raise ValueError(f"exact and approx must have the same number of elements, got {a.numel()} and {b.numel()}")
     keep = ~(a.isnan() | b.isnan())
+    for scores in (exact, approx):
+        if isinstance(scores, PathScores):
+            keep &= _reachable(scores).flatten()
+    if mask is not None:
+        keep &= mask.flatten().cpu().bool()
     a, b = a[keep], b[keep]
-    k = min(k, len(a))
-    top_a = set(a.abs().topk(k).indices.tolist())
-    top_b = set(b.abs().topk(k).indices.tolist())
+    n = len(a)
+    k = min(k, n)
     return {
         "pearson": _pearson(a, b),
         "spearman": _pearson(_ranks(a), _ranks(b)),
-        "topk_overlap": len(top_a & top_b) / k if k else float("nan"),
+        "topk_overlap": len(_top(a, k) & _top(b, k)) / k if k else float("nan"),
         "k": k,
+        "n": n,
+        "topk_trivial": k >= n,
     }
 
 

@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Protocol, Union, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,16 @@ from torch import Tensor
 from vivit_lens.config import ViViTConfig
 from vivit_lens.utils import get_act_name
 
-PosSlice = Union[None, int, slice, Sequence[int], Tensor]  # or a TransformerLens `Slice`
+@runtime_checkable
+class SliceLike(Protocol):
+    """TransformerLens' `Slice` (anything with `.apply(tensor, dim)` and a `.mode`)."""
+
+    mode: str
+
+    def apply(self, tensor: Tensor, dim: int = 0) -> Tensor: ...
+
+
+PosSlice = Union[None, int, slice, Sequence[int], Tensor, SliceLike]
 ClassIndex = Union[int, str, Tensor]
 WEIGHT_PREFIX = "__weights__."
 WEIGHT_NAMES = ("W_O", "b_O", "W_U", "b_U", "ln_final.w", "ln_final.b")
@@ -48,7 +57,7 @@ def _apply_pos(t: Tensor, pos_slice: PosSlice, dim: int) -> Tensor:
     """TransformerLens `Slice.apply`: None keeps all, an int selects (and drops the axis), else index."""
     if pos_slice is None:
         return t
-    if hasattr(pos_slice, "apply") and hasattr(pos_slice, "mode"):  # a transformer_lens Slice
+    if isinstance(pos_slice, SliceLike):
         return pos_slice.apply(t, dim=dim)
     if isinstance(pos_slice, int):
         return t.select(dim, pos_slice)
@@ -178,7 +187,8 @@ class ActivationCache(Mapping[str, Tensor]):
         n = self._batch_size()
         cache = {k: _apply_pos(v, batch_slice, 0) if v.ndim > 0 and v.shape[0] == n else v
                  for k, v in self._cache.items()}  # fmt: skip
-        return self._same(cache, has_batch_dim=not isinstance(batch_slice, int))
+        one = isinstance(batch_slice, int) or getattr(batch_slice, "mode", None) == "int"
+        return self._same(cache, has_batch_dim=not one)
 
     def toggle_autodiff(self, mode: bool = False) -> None:
         """`torch.set_grad_enabled(mode)`: global state, as in TransformerLens (prefer `torch.no_grad()` blocks)."""

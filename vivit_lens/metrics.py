@@ -10,14 +10,25 @@ name) and returns one number per batch element, so patching engines can batch ma
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from vivit_lens.utils import index_tuple
+
+
+class PrecisionWarning(UserWarning):
+    """A result that the floating-point precision of the run cannot resolve."""
+
+
+# The recovery's expected float32 error, in points, grows as eps * ||r|| / ||delta||: above this many
+# points, say so. (Measured: 3.6 points of error at ||delta|| = 1.6e-5 on a small float32 model.)
+_PRECISION_POINTS = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,8 @@ class SignalRecovery(Metric):
     """How much of the clean - corrupt difference of a residual a patched run recovers, in percent.
 
     With `r` the activation at `hook`, restricted to `positions` and flattened
-    (`delta = r_clean - r_corrupt`):
+    (`delta = r_clean - r_corrupt`, one per example of a batch; an example with `delta = 0` is a
+    ValueError, and a `delta` too small for the dtype to resolve a PrecisionWarning):
 
     - `kind="projection"` (default, the paper's measure):
       `100 * <r_patched - r_corrupt, delta> / ||delta||^2`. 0 for the corrupt run, 100 for the
@@ -78,8 +90,23 @@ class SignalRecovery(Metric):
             raise ValueError(f"kind must be 'projection' or 'norm', got {self.kind!r}")
         if self.clean.shape != self.corrupt.shape:
             raise ValueError(f"clean {tuple(self.clean.shape)} and corrupt {tuple(self.corrupt.shape)} differ in shape")
-        if float((self.clean - self.corrupt).norm()) == 0.0:
-            raise ValueError(f"clean and corrupt runs are identical at {self.hook}: there is no signal to recover")
+        delta = (self.clean - self.corrupt).flatten(1)
+        if delta.device.type == "meta":  # no values to check
+            return
+        norms = delta.norm(dim=-1)
+        zero = (norms == 0).nonzero().flatten().tolist()
+        if zero:
+            raise ValueError(f"clean and corrupt runs are identical at {self.hook} for example(s) {zero} of "
+                             f"{delta.shape[0]}: there is no signal to recover there (drop those pairs)")  # fmt: skip
+        eps = torch.finfo(self.clean.dtype).eps
+        points = 100 * eps * self.corrupt.flatten(1).norm(dim=-1) / norms  # rounding of r, relative to delta
+        if float(points.max()) > _PRECISION_POINTS:
+            warnings.warn(
+                f"clean and corrupt differ at {self.hook} by ||delta|| = {float(norms.min()):.2g}, so little that "
+                f"{self.clean.dtype} rounding alone can move the recovery by ~{float(points.max()):.2g} points; "
+                "run the model and the pair in float64 (model.double()) for this measurement",
+                PrecisionWarning, stacklevel=3,
+            )  # fmt: skip
 
     @classmethod
     def from_caches(
@@ -104,9 +131,23 @@ class SignalRecovery(Metric):
         return 100 * (r - corrupt).norm(dim=-1) / delta.norm(dim=-1)
 
 
+def metric_kind(metric) -> tuple[str | None, bool]:
+    """(the hook it reads, None for the logits; whether it scores each clip) for a Metric or a plain callable.
+
+    A plain callable is TransformerLens' kind of metric: the `[batch n_classes]` logits in, one
+    number for the whole batch out.
+    """
+    if isinstance(metric, Metric) or hasattr(metric, "reads"):
+        return metric.reads, True
+    if not callable(metric):
+        raise TypeError(f"metric must be a vivit_lens Metric or a callable on the logits returning a scalar "
+                        f"(TransformerLens), got {type(metric).__name__}")  # fmt: skip
+    return None, False
+
+
 def final_resid_hook(model) -> str:
     """The paper's default signal location: the last block's output (before the final LayerNorm)."""
     return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 
 
-__all__ = ["Metric", "Logit", "LogitDiff", "SignalRecovery", "final_resid_hook"]
+__all__ = ["Metric", "Logit", "LogitDiff", "PrecisionWarning", "SignalRecovery", "final_resid_hook", "metric_kind"]

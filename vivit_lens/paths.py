@@ -14,6 +14,17 @@ Every number returned is an *effect*: metric(patched run) - metric(reference run
 the batch. With `freeze=False` nothing is frozen: the receivers get the values of a run with only
 the senders patched (all paths from sender to receiver, the total effect for the final residual).
 
+LayerNorm. A receiver recomputes the LayerNorm in front of it from the residual it is given: a
+head's q/k/v input is normalised on its own (the split ln1 of `hook_{q,k,v}_input`, so that one head's
+input can differ from its neighbours'), an MLP input by its ln2, the final residual by ln_final. The
+path's effect therefore includes the change of that LayerNorm's scale. Direct logit attribution
+(`ActivationCache.logit_attrs`, and `attribution` into `FinalResid`) freezes the final scale at its
+reference value instead: the two agree to first order, and differ where a sender changes the norm
+of the residual a receiver reads.
+
+Metrics: a `vivit_lens.metrics.Metric` (one value per clip), or a TransformerLens-style callable on
+the `[batch n_classes]` logits returning one number for the batch (its value is then every clip's).
+
     pp = PathPatcher(model, clean, corrupt, Logit(31))
     pp.patch(Head(9, 3), FinalResid())                  # scalar: the direct effect of head 9.3 on the logit
     pp.senders_into(MLPInput(10)).heads()               # [layer head]: every head's path into MLP 10
@@ -25,7 +36,7 @@ import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -36,7 +47,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vivit_lens.metrics import Metric
+from vivit_lens.metrics import Metric, metric_kind
 from vivit_lens.utils import index_tuple
 
 Direction = str  # "denoising" or "noising"
@@ -297,9 +308,10 @@ class PathScores:
         Receivers that are not in these scores are NaN.
         """
         row = sender if isinstance(sender, int) else self.senders.index(sender)
-        out = {k: torch.full((self.n_layers, self.n_heads), math.nan) for k in ("q", "k", "v")}
-        out["mlp"] = torch.full((self.n_layers,), math.nan)
-        out["final"] = torch.tensor(math.nan)
+        like = self.values
+        out = {k: like.new_full((self.n_layers, self.n_heads), math.nan) for k in ("q", "k", "v")}
+        out["mlp"] = like.new_full((self.n_layers,), math.nan)
+        out["final"] = like.new_tensor(math.nan)
         for j, group in enumerate(self.receivers):
             if len(group) != 1:
                 continue
@@ -366,7 +378,7 @@ class PathPatcher:
         model,
         clean: Float[Tensor, "batch frames channels height width"],
         corrupt: Float[Tensor, "batch frames channels height width"],
-        metric: Metric,
+        metric: Metric | Callable,
         *,
         direction: Direction = "denoising",
         freeze: bool = True,
@@ -380,23 +392,25 @@ class PathPatcher:
             raise ValueError(f"clean and corrupt must be tensors of one shape, got {got}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if metric.reads is not None:
-            model._hook_point(metric.reads)
+        reads, self._per_example = metric_kind(metric)
+        if reads is not None:
+            model._hook_point(reads)
         self.model, self.cfg, self.metric = model, model.cfg, metric
         self.direction, self.freeze, self.batch_size, self.progress = direction, freeze, batch_size, progress
         L = self.cfg.n_layers
         writes = ["hook_embed", "hook_pos_embed"]
         writes += [f"blocks.{l}.{n}" for l in range(L) for n in ("attn.hook_z", "hook_mlp_out")]
         resids = [f"blocks.{l}.{n}" for l in range(L) for n in ("hook_resid_pre", "hook_resid_mid")]
-        ref_names = writes + resids + [f"blocks.{L - 1}.hook_resid_post"] + ([metric.reads] if metric.reads else [])
+        ref_names = writes + resids + [f"blocks.{L - 1}.hook_resid_post"] + ([reads] if reads else [])
         ref_x, src_x = (corrupt, clean) if direction == "denoising" else (clean, corrupt)
         with torch.no_grad():
             out, self.ref = model.run_with_cache(ref_x, names_filter=ref_names)
             _, self.src = model.run_with_cache(src_x, names_filter=writes)
         self.batch = ref_x.shape[0]
-        self.ref_metric = self._metric_rows(out if metric.reads is None else self.ref[metric.reads], 1)[0]
+        self.reads = reads
+        self.ref_metric = self._metric_rows(out if reads is None else self.ref[reads], 1)[0]
         self._hook_index = {name: i for i, name in enumerate(model.hook_names)}
-        self._metric_index = math.inf if metric.reads is None else self._hook_index[metric.reads]
+        self._metric_index = math.inf if reads is None else self._hook_index[reads]
 
     # Public questions ----------------------------------------------------------------------------
     def patch(self, senders, receivers, reduce: str = "mean") -> Tensor:
@@ -459,7 +473,7 @@ class PathPatcher:
     # Evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, rows: list[Row]) -> Float[Tensor, "row batch"]:
         L = self.cfg.n_layers
-        effects = torch.zeros(len(rows), self.batch, dtype=self.ref_metric.dtype)
+        effects = torch.zeros(len(rows), self.batch, dtype=self.ref_metric.dtype, device=self.ref_metric.device)
         live = [i for i, (S, R) in enumerate(rows) if self._live(S, R)]
         by_start: dict[int, list[int]] = defaultdict(list)
         for i in live:
@@ -503,7 +517,7 @@ class PathPatcher:
 
     def _run(self, resid: Tensor, start: int, hooks: list) -> Tensor:
         """Run from `blocks.{start}.hook_resid_pre` (start = n_layers: only ln_final and the classifier)."""
-        L, reads = self.cfg.n_layers, self.metric.reads
+        L, reads = self.cfg.n_layers, self.reads
         if start == L and reads == source_hook(FinalResid(), L):
             return resid
         captured = {}
@@ -514,8 +528,11 @@ class PathPatcher:
         return out if reads is None else captured["act"]
 
     def _metric_rows(self, act: Tensor, k: int) -> Float[Tensor, "row batch"]:
+        """The metric of each of `k` rows of `batch` clips; a plain (whole-batch) metric's value goes to every clip."""
         rows = act.reshape(k, act.shape[0] // k, *act.shape[1:])
-        return torch.stack([self.metric(row) for row in rows])
+        if self._per_example:
+            return torch.stack([self.metric(row) for row in rows])
+        return torch.stack([torch.as_tensor(self.metric(row)).reshape(()).expand(row.shape[0]) for row in rows])
 
     def _pass2(self, rows: list[Row]) -> dict:
         """Nothing frozen: run the reference with only the senders patched; keep each receiver's source residual."""
@@ -575,7 +592,7 @@ def _shape(x) -> str:
 
 
 # Functional API ----------------------------------------------------------------------------------
-def path_patch(model, clean, corrupt, senders, receivers, metric: Metric, *, direction: Direction = "denoising",
+def path_patch(model, clean, corrupt, senders, receivers, metric: Metric | Callable, *, direction: Direction = "denoising",
                freeze: bool = True, reduce: str = "mean") -> Tensor:  # fmt: skip
     """Effect of `senders` on `metric` through `receivers` only (see the module docstring)."""
     return PathPatcher(model, clean, corrupt, metric, direction=direction, freeze=freeze).patch(
@@ -583,7 +600,7 @@ def path_patch(model, clean, corrupt, senders, receivers, metric: Metric, *, dir
     )
 
 
-def path_patch_senders(model, clean, corrupt, receivers, metric: Metric, *, senders="all",
+def path_patch_senders(model, clean, corrupt, receivers, metric: Metric | Callable, *, senders="all",
                        direction: Direction = "denoising", freeze: bool = True, batch_size: int = 8,
                        progress: bool = False) -> PathScores:  # fmt: skip
     """Sweep: every sender alone into one receiver group; `.heads()` -> `[layer head]`, `.mlps()` -> `[layer]`."""
@@ -592,7 +609,7 @@ def path_patch_senders(model, clean, corrupt, receivers, metric: Metric, *, send
     return pp.senders_into(receivers, senders)
 
 
-def path_patch_receivers(model, clean, corrupt, sender: Sender, metric: Metric, *, receivers="all",
+def path_patch_receivers(model, clean, corrupt, sender: Sender, metric: Metric | Callable, *, receivers="all",
                          direction: Direction = "denoising", freeze: bool = True, batch_size: int = 8,
                          progress: bool = False) -> PathScores:  # fmt: skip
     """Sweep: one sender into every receiver alone; `.receiver_maps()` -> q/k/v `[layer head]`, mlp `[layer]`."""
