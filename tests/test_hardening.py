@@ -120,6 +120,11 @@ def test_outputs_are_complete_or_absent(ckpt_and_pair, stub_analysis, tmp_path, 
     assert rc == 0, err
     assert json.loads((old / "results.json").read_text()) == {"new": True} and (old / "report.html").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"], "replaced in place, nothing left beside it"
+    rc, _, err = run(lens_main, [*argv, "--out", pair, "--overwrite"], capsys)
+    assert_one_line_error(rc, err, f"refusing to replace {pair}: it holds")
+    monkeypatch.chdir(old)
+    rc, _, err = run(lens_main, [*argv, "--out", ".", "--overwrite"], capsys)
+    assert_one_line_error(rc, err, "refusing to replace")
 
     # The output path is checked before anything is computed.
     stub_analysis["analyze"].clear()
@@ -267,6 +272,8 @@ def test_memory_guard_estimates_and_refuses_before_compute(small_model, monkeypa
 
     ran = []
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 10 * 2**20)  # 10 MiB free
+    with pytest.raises(memory.MemoryGuardError, match=r"a model of 8\.9e\+07 parameters would hold about 0\.3 GiB"):
+        HookedViViT(ViViTConfig(id2label={i: str(i) for i in range(400)}))
     with small_model.hooks([("hook_embed", lambda t, hook: ran.append(1))]):
         with pytest.raises(memory.MemoryGuardError, match=r"would hold about .* GiB.*names_filter.*smaller batch"):
             small_model.run_with_cache(pixels(small_model.cfg, batch=64))
@@ -275,6 +282,36 @@ def test_memory_guard_estimates_and_refuses_before_compute(small_model, monkeypa
     small_model.run_with_cache(pixels(small_model.cfg, batch=64), check_memory=False)
     monkeypatch.setenv(memory.ENV_OVERRIDE, "1")
     small_model.run_with_cache(pixels(small_model.cfg, batch=64))
+
+
+def test_memory_guard_on_patching_and_attribution_entry_points(small_model, monkeypatch):
+    from vivit_lens import memory
+    from vivit_lens.attribution import attribution_patch
+    from vivit_lens.metrics import Logit
+    from vivit_lens.patching import Patch, get_act_patch_attn_head_out_all_pos, patch_sweep, run_patches
+
+    clean, corrupt = pixels(small_model.cfg, batch=1, seed=1), pixels(small_model.cfg, batch=1, seed=2)
+    _, cache = small_model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+    bad = dict(cache)
+    bad["blocks.1.attn.hook_z"] = cache["blocks.1.attn.hook_z"].clone().index_fill(1, torch.tensor([2]), float("nan"))
+    with pytest.raises(ValueError, match=r"the source cache holds NaN or inf at 'blocks\.1\.attn\.hook_z'"):
+        get_act_patch_attn_head_out_all_pos(small_model, corrupt, bad, Logit(0), progress=False)
+    with pytest.raises(ValueError, match="source cache holds NaN"):
+        run_patches(small_model, corrupt, bad, [Patch("blocks.1.attn.hook_z")], Logit(0), progress=False)
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 1000)
+    calls = []
+    monkeypatch.setattr(small_model, "run_with_cache", lambda *a, **k: calls.append(1))
+    for run, what in (
+        (lambda: patch_sweep(small_model, clean, corrupt, Logit(0), "pattern", batch_size=64), "this patching sweep"),
+        (lambda: get_act_patch_attn_head_out_all_pos(small_model, corrupt, cache, Logit(0)), "this patching sweep"),
+        (lambda: run_patches(small_model, corrupt, cache, [Patch("blocks.1.attn.hook_z")], Logit(0)),
+         "this patching sweep"),
+        (lambda: attribution_patch(small_model, clean, corrupt, Logit(0)), "attribution_patch"),
+    ):  # fmt: skip
+        with pytest.raises(memory.MemoryGuardError, match=rf"{what} would hold about"):
+            run()
+    assert not calls, "refused before any forward pass"
 
 
 # 4. Numeric and dtype guards -------------------------------------------------------------------

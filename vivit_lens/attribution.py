@@ -23,6 +23,7 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
+from vivit_lens import memory
 from vivit_lens.metrics import Metric, metric_kind
 from vivit_lens.paths import (
     HeadInput, MLPInput, PathScores, Sender, _mask, all_receivers, all_senders, check_nodes, reaches, source_hook,
@@ -270,6 +271,7 @@ def attribution_patch(
     names += [f"blocks.{layer}.{n}" for layer in range(L) for n in _PER_LAYER]
     for name in names + ([reads] if reads else []):
         model._hook_point(name)
+    memory.guard_attribution(model, clean, names)
     fast = fast and reads is None and not hooks and not any(h.has_hooks for h in model.hook_dict.values())
     grad_names = [n for n in names if n not in ("hook_embed", "hook_pos_embed")]
     ref_x, src_x = (corrupt, clean) if direction == "denoising" else (clean, corrupt)

@@ -65,7 +65,8 @@ def cache_bytes(model, names: Iterable[str], batch: int, *, incl_bwd: bool = Fal
     n = model.cfg.n_layers
     start, stop = start_at_layer or 0, n if stop_at_layer is None else stop_at_layer
     itemsize = next(model.parameters()).element_size()
-    held = sum(activation_numel(model, nm, batch) for nm in names if _in_range(nm, start, stop, n)) * itemsize
+    known = [nm for nm in names if nm in model.hook_dict and _in_range(nm, start, stop, n)]  # others: the caller says
+    held = sum(activation_numel(model, nm, batch) for nm in known) * itemsize
     return held * (2 if incl_bwd else 1)
 
 
@@ -160,6 +161,8 @@ def _hooks_of(model, acts: str | Iterable) -> list[str]:
             return [get_act_name(acts, layer) for layer in range(model.cfg.n_layers)]
         except ValueError:  # not an activation name: the sweep itself says so
             return []
+    if not isinstance(acts, (list, tuple)):  # a generator is the caller's to consume
+        return []
     out = []
     for a in acts:
         out += [a.hook] if hasattr(a, "hook") else _hooks_of(model, a)

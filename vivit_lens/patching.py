@@ -43,6 +43,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vivit_lens import memory
 from vivit_lens.generic_patching import (  # TransformerLens' generic interface, re-exported here as in TL
     _result_dtype, generic_activation_patch, get_act_patch_attn_head_pattern_dest_src_pos, get_act_patch_direct_path,
     get_act_patch_direct_path_all_sources, layer_head_dest_src_pos_pattern_patch_setter,
@@ -280,6 +281,7 @@ def run_patches(
     and batched `batch_size` at a time; results come back in the order of `patches`. Hooks the
     caller attached to the model stay active (and turn the `fast` shortcuts off).
     """
+    memory.guard_patching(model, target_input, batch_size, patches, source)
     return _run_patches(model, target_input, source, patches, metric, batch_size=batch_size, progress=progress,
                         fast=fast, desc=desc)[0]  # fmt: skip
 
@@ -541,6 +543,7 @@ def patch_sweep(
     `direction="denoising"`: run `corrupted_input`, patch in clean activations. `"noising"`: run
     `clean_input`, patch in corrupt ones. `meta` gets both unpatched metrics.
     """
+    memory.guard_patching(model, corrupted_input, batch_size, act)
     if direction not in ("denoising", "noising"):
         raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
     if _batch_of(clean_input, "clean_input") != _batch_of(corrupted_input, "corrupted_input"):
@@ -594,6 +597,7 @@ def _tl(name: str, act: str, order: tuple[str, ...], heads, default_positions, w
               layers=None, batch_size: int = 16, progress: bool = True, fast: bool = True,
               return_result: bool = False):  # fmt: skip
         x, cache, metric = _tl_args(corrupted_tokens, clean_cache, patching_metric, corrupted_input, name)
+        memory.guard_patching(model, x, batch_size, act, cache)
         res = _sweep(model, x, cache, metric, act, layers=layers, heads=heads, positions=positions, order=order,
                      batch_size=batch_size, progress=progress, fast=fast)  # fmt: skip
         res.meta["direction"] = "denoising"
