@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     from vivit_lens import __version__
 
     p = argparse.ArgumentParser(prog="vivit-lens", description="Mechanistic analysis of ViViT video classifiers "
-                                "on outcome minimal pairs (clean = success clip, corrupt = failure clip).")  # fmt: skip
+                                "on outcome minimal pairs (clean = success clip, corrupt = failure clip).",
+                                epilog="Environment: VIVIT_LENS_NO_MEMORY_GUARD=1 lets runs go that the memory guard "
+                                       "would refuse as too large for the memory available; HF_HUB_OFFLINE=1 reads "
+                                       "hub ids from the local Hugging Face cache only.")  # fmt: skip
     p.add_argument("--version", action="version", version=f"vivit-lens {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{analyze,study}")
     sub.required = True
