@@ -350,8 +350,13 @@ def test_study_aggregates_per_pair_analyses(model):
         np.testing.assert_allclose(d["per_pair"][1]["attention_recovery"], r["patching"]["attention"], atol=1e-6)
         assert abs(d["per_pair"][1]["ablation_pixels_change"] - r["ablation"]["pixels"]["class_change"]) < 1e-6
         probe = st["probe"][dom]
-        assert len(probe["records"]) == model.cfg.n_layers and probe["n_train"] + probe["n_test"] == 4
-        assert "split" in probe
+        assert len(probe["records"]) == model.cfg.n_layers and probe["n_pairs"] == 2 and probe["k"] == 2
+        assert all(r["n"] == 4 and r["test_lo"] <= r["test"] <= r["test_hi"] for r in probe["records"])
+        assert "split" in probe and probe["best"] in probe["records"]
+        hid = d["hidden"]
+        assert hid["n_pairs"] == 2 and 0 <= hid["same_top1_fraction"] <= 1
+    assert set(st["transfer"]) == {"bowling->golf_putt", "golf_putt->bowling"}
+    assert any("probe" in w for w in st["warnings"]), "two pairs are far too few for a probe CI: warned"
     json.dumps(st, allow_nan=False)
 
 

@@ -3,6 +3,7 @@ not at others, a shuffled-label control at chance, and a fingerprint that only a
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,3 +113,69 @@ def test_collect_activations_pools_cls_and_tokens(small_model):
     mean = collect_activations(small_model, [clips[:3], clips[3:]], layers=[1], pool="mean", progress=False)
     assert mean.shape == (1, 5, small_model.cfg.d_model)
     assert max_diff(mean[0], cache["resid_post", 1][:, 1:].mean(1)) < 1e-5
+
+
+def _paired(n_pairs: int, d: int, strength: float, seed: int):
+    """Minimal-pair data: each pair shares a random 'scene' vector; the success clip adds +strength * u, the
+    failure clip -strength * u. Labels [1, 0] per pair, group = pair id."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(d, generator=g)
+    u = u / u.norm()
+    scene = torch.randn(n_pairs, 1, d, generator=g)
+    x = scene + 0.5 * torch.randn(n_pairs, 2, d, generator=g) + strength * torch.tensor([1.0, -1.0])[None, :, None] * u
+    return x.reshape(2 * n_pairs, d), torch.tensor([1, 0] * n_pairs), torch.arange(n_pairs).repeat_interleave(2)
+
+
+def test_grouped_cv_probes_match_a_scipy_logistic_regression_fold_by_fold():
+    """Same objective (mean cross-entropy + wd * ||W||^2 on standardised features), same folds, minimised by
+    scipy instead of torch's L-BFGS: the out-of-fold accuracy is identical."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    from vivit_lens.probes import _fold_of_groups, grouped_cv_probes
+
+    x, y, groups = _paired(30, 6, 0.4, seed=1)
+    rec = grouped_cv_probes(x[None], y, groups, k=5, n_boot=200, seed=3)[0]
+    fold = _fold_of_groups(groups, 5, 3)
+    for f in range(5):  # whole pairs per fold, and every fold used
+        assert fold[groups == groups[fold == f][0]].eq(f).all()
+    xs, ys, wd = x.double().numpy(), y.numpy(), 1e-3
+    correct = 0
+    for f in range(5):
+        tr, te = (fold != f).numpy(), (fold == f).numpy()
+        mu, sd = xs[tr].mean(0), xs[tr].std(0)
+        a, b = (xs[tr] - mu) / sd, (xs[te] - mu) / sd
+
+        def loss(theta):
+            W, c = theta[:12].reshape(6, 2), theta[12:]
+            z = a @ W + c
+            return (logsumexp(z, 1) - z[np.arange(len(z)), ys[tr]]).mean() + wd * (W**2).sum()
+
+        theta = minimize(loss, np.zeros(14), method="BFGS", options={"gtol": 1e-10}).x
+        correct += ((b @ theta[:12].reshape(6, 2) + theta[12:]).argmax(1) == ys[te]).sum()
+    assert rec["test"] == pytest.approx(correct / len(y))
+    assert rec["test_lo"] <= rec["test"] <= rec["test_hi"] and rec["n_groups"] == 30 and rec["k"] == 5
+
+
+def test_grouped_cv_probes_find_a_paired_code_and_the_control_does_not():
+    from vivit_lens.probes import grouped_cv_probes
+
+    coded, y, groups = _paired(60, 8, 3.0, seed=0)
+    noise, _, _ = _paired(60, 8, 0.0, seed=0)
+    recs = grouped_cv_probes(torch.stack([noise, coded]), y, groups, k=5, n_boot=300)
+    assert recs[1]["test"] >= 0.9 and recs[1]["test_lo"] > 0.8
+    assert abs(recs[0]["test"] - 0.5) < 0.15 and abs(recs[1]["control"] - 0.5) < 0.15
+    with pytest.raises(ValueError, match="k must be"):
+        grouped_cv_probes(coded[None], y, groups, k=61)
+
+
+def test_transfer_probes_carry_a_shared_direction_and_not_an_unshared_one():
+    from vivit_lens.probes import transfer_probes
+
+    a, ya, _ = _paired(40, 8, 3.0, seed=0)
+    b_same, yb, gb = _paired(40, 8, 3.0, seed=0)  # the same code direction u and scenes (same seed)
+    b_same = b_same + 1.0  # and shifted
+    b_other, _, _ = _paired(40, 8, 3.0, seed=7)  # another direction
+    same = transfer_probes(a[None], ya, b_same[None], yb, gb, n_boot=200)[0]
+    other = transfer_probes(a[None], ya, b_other[None], yb, gb, n_boot=200)[0]
+    assert same["test"] >= 0.85 and abs(other["test"] - 0.5) < 0.3

@@ -22,7 +22,7 @@ def _motion_features(x: np.ndarray) -> np.ndarray:
 
 
 def _nearest_centroid_accuracy(f_train, y_train, f_test, y_test) -> float:
-    centroids = np.stack([f_train[y_train == c].mean(0) for c in range(len(synthetic.ACTIONS))])
+    centroids = np.stack([f_train[y_train == c].mean(0) for c in range(len(synthetic.LABELS))])
     pred = ((f_test[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
     return float((pred == y_test).mean())
 
@@ -40,10 +40,11 @@ def test_same_seed_same_bytes_other_seed_other_clip(action):
 @pytest.mark.parametrize("action", synthetic.ACTIONS)
 def test_render_of_one_outcome_is_that_half_of_the_pair(action):
     clean, corrupt, pair = synthetic.render_pair(action, seed=11, frames=12, size=48)
-    for clip, outcome in ((clean, pair.clean_outcome), (corrupt, pair.corrupt_outcome)):
+    for clip, outcome, label in ((clean, pair.clean_outcome, pair.label), (corrupt, pair.corrupt_outcome,
+                                                                           pair.corrupt_label)):
         single, spec = synthetic.render(action, seed=11, outcome=outcome, frames=12, size=48)
         np.testing.assert_array_equal(single, clip)
-        assert (spec.decisive_frame, spec.box, spec.label) == (pair.decisive_frame, pair.box, pair.label)
+        assert (spec.decisive_frame, spec.box, spec.label) == (pair.decisive_frame, pair.box, label)
 
 
 @pytest.mark.parametrize("frames, size", SHAPES)
@@ -73,14 +74,34 @@ def test_pair_differences_lie_inside_the_outcome_box(action):
         if action == "bowling":  # the outcome happens at the far (top) end of the lane, around the pins
             assert bottom <= 0.75 * 64 and top <= 0.15 * 64
     if action != "swinging":  # a pendulum that keeps swinging differs along its whole arc
-        assert np.mean(areas) < 0.35, f"{action}: outcome boxes cover {np.mean(areas):.0%} of the frame"
+        # pins fly apart, and the ball or block veers off to the side: a wider box; skittles are drawn up to 2x larger
+        limit = {"bowling": 0.4, "skittles": 0.55}.get(action, 0.35)
+        assert np.mean(areas) < limit, f"{action}: outcome boxes cover {np.mean(areas):.0%} of the frame"
 
 
-def test_outcomes_share_the_class_label():
+def test_action_outcomes_share_the_class_label_and_event_outcomes_are_the_label():
     for action, outcomes in synthetic.OUTCOMES.items():
-        labels = {synthetic.render(action, 5, outcome=o, frames=4, size=32)[1].label for o in outcomes}
-        assert labels == {synthetic.ACTIONS.index(action)}
-    assert tuple(synthetic.OUTCOMES) == synthetic.ACTIONS and len(synthetic.ACTIONS) >= 5
+        labels = [synthetic.render(action, 5, outcome=o, frames=4, size=32)[1].label for o in outcomes]
+        names = [synthetic.LABELS[i] for i in labels]
+        if action in synthetic.EVENT_SCENES:
+            assert names == [f"{action}_{o}" for o in outcomes]
+        else:
+            assert names == [action, action], f"{action}: the outcome must never change the label"
+    assert tuple(synthetic.OUTCOMES) == synthetic.ACTIONS and len(synthetic.LABELS) == len(set(synthetic.LABELS))
+    assert {"bowling", "golf_putt"}.isdisjoint(synthetic.EVENT_SCENES)
+
+
+def test_no_outcome_label_of_a_bowling_or_golf_clip_reaches_the_training_labels():
+    """The training set's labels, as `train` reads them, are the action for bowling and golf_putt clips:
+    both outcomes occur under the one label, in about equal numbers."""
+    x, y, specs = synthetic.dataset(n=200, seed=0, frames=4, size=32, with_specs=True)
+    for action in ("bowling", "golf_putt"):
+        rows = [(label, s.outcome) for label, s in zip(y.tolist(), specs) if s.action == action]
+        assert {label for label, _ in rows} == {synthetic.LABELS.index(action)}
+        counts = {o: sum(1 for _, oo in rows if oo == o) for o in synthetic.OUTCOMES[action]}
+        assert min(counts.values()) >= 5, counts
+    plan = synthetic.dataset_plan(200, seed=0)
+    assert [(s.action, s.outcome, s.seed) for s in specs] == plan
 
 
 @pytest.mark.parametrize("frames, size", SHAPES + [(5, 128)])
@@ -98,10 +119,10 @@ def test_every_class_moves_at_every_size(frames, size):
 def test_dataset_is_balanced_reproducible_and_mixes_outcomes():
     x, y, specs = synthetic.dataset(n=61, seed=4, frames=4, size=32, with_specs=True)
     assert x.shape == (61, 4, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int64
-    counts = np.bincount(y, minlength=len(synthetic.ACTIONS))
+    counts = np.bincount(y, minlength=len(synthetic.LABELS))
     assert counts.max() - counts.min() <= 1
     assert [s.label for s in specs] == y.tolist()
-    assert len({s.outcome for s in specs}) == 2 * len(synthetic.ACTIONS)  # both outcomes of every action occur
+    assert len({(s.action, s.outcome) for s in specs}) == 2 * len(synthetic.ACTIONS)  # every outcome occurs
     np.testing.assert_array_equal(x[0], synthetic.render(specs[0].action, specs[0].seed, specs[0].outcome, 4, 32)[0])
     x2, y2 = synthetic.dataset(n=61, seed=4, frames=4, size=32)
     assert x2.tobytes() == x.tobytes() and (y2 == y).all()
@@ -114,7 +135,7 @@ def test_classes_are_separable_by_motion_but_not_by_colour():
     motion = _nearest_centroid_accuracy(_motion_features(x_train), y_train, _motion_features(x_test), y_test)
     mean_colour = lambda x: x.reshape(len(x), -1, 3).astype(np.float64).mean(1) / 255  # noqa: E731
     colour = _nearest_centroid_accuracy(mean_colour(x_train), y_train, mean_colour(x_test), y_test)
-    chance = 1 / len(synthetic.ACTIONS)
+    chance = 1 / len(synthetic.LABELS)
     assert motion > 3 * chance, f"motion-energy nearest centroid: {motion:.2f} (chance {chance:.2f})"
     assert colour < 2 * chance, f"mean colour alone should not give the class away: {colour:.2f}"
 

@@ -13,7 +13,7 @@ from vivit_lens import HookedViViT, synthetic
 from vivit_lens.train import HELDOUT_SEED, TrainConfig, heldout_clips, lr_at, main, to_pixels, train
 
 TINY = dict(frames=8, size=32, tubelet=(2, 16, 16), hidden=32, layers=2, heads=2, batch_size=8, n_eval=0,
-            progress=False)  # fmt: skip
+            probe_pairs=0, event_steps=0, progress=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,9 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
 
 
 def test_heldout_seeds_are_outside_the_training_range():
-    x, y = heldout_clips(6, frames=8, size=32)
-    assert x.shape == (6, 8, 32, 32, 3) and list(y) == list(range(6))
+    n = len(synthetic.LABELS)
+    x, y = heldout_clips(n, frames=8, size=32)
+    assert x.shape == (n, 8, 32, 32, 3) and list(y) == list(range(n))  # every class once, in turn
     first, _ = synthetic.render(synthetic.ACTIONS[0], HELDOUT_SEED, frames=8, size=32)
     assert np.array_equal(x[0], first)
     with pytest.raises(ValueError, match="held-out seeds"):
@@ -59,18 +60,48 @@ def test_cli_writes_an_hf_folder_with_the_same_logits(tmp_path):
     from transformers import VivitForVideoClassification
 
     out = tmp_path / "m"
-    assert main(["--out", str(out), "--steps", "2", "--n-train", "16", "--n-eval", "6", "--frames", "8", "--size",
+    assert main(["--out", str(out), "--steps", "2", "--n-train", "40", "--n-eval", "6", "--frames", "8", "--size",
                  "32", "--tubelet", "2", "16", "16", "--hidden", "32", "--layers", "2", "--heads", "2",
-                 "--batch-size", "8", "--no-progress"]) == 0  # fmt: skip
+                 "--batch-size", "8", "--probe-pairs", "5", "--eval-every", "0", "--event-steps", "1", "--no-progress"]) == 0  # fmt: skip
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == 2 and record["heldout_clips"] == 6 and record["command"].startswith("python -m")
     ours = HookedViViT.from_pretrained(out)
     hf = VivitForVideoClassification.from_pretrained(out).eval()
-    assert hf.config.id2label[0] == synthetic.ACTIONS[0]
+    assert [hf.config.id2label[i] for i in range(len(synthetic.LABELS))] == list(synthetic.LABELS)
+    probe = record["history"][-1]["outcome_probe_by_layer"]  # the measurement-only outcome monitor ran
+    assert set(probe) == {"bowling", "golf_putt"} and all(len(v) == 2 for v in probe.values())
     assert record["n_parameters"] == sum(p.numel() for p in ours.parameters())
     x = to_pixels(synthetic.dataset(2, seed=9, frames=8, size=32)[0], ours.processor)
     with torch.no_grad():
         assert max_diff(ours(x), hf(pixel_values=x).logits) < 1e-5
+
+
+def test_the_loss_sees_only_the_labels_dataset_gives(monkeypatch):
+    """No outcome reaches the loss: every target `train` feeds to cross-entropy is a label `synthetic.dataset`
+    returned, and for bowling / golf_putt clips that label is the action whatever the outcome."""
+    import vivit_lens.train as tr
+
+    made, real_dataset = {}, synthetic.dataset
+
+    def dataset(n, seed, frames, size):
+        made["x"], made["y"], made["specs"] = real_dataset(n, seed=seed, frames=frames, size=size, with_specs=True)
+        return made["x"], made["y"]
+
+    seen = []
+    real_ce = tr.F.cross_entropy
+
+    def cross_entropy(logits, target, *a, **k):
+        seen.append(target.clone())
+        return real_ce(logits, target, *a, **k)
+
+    monkeypatch.setattr(tr.synthetic, "dataset", dataset)
+    monkeypatch.setattr(tr.F, "cross_entropy", cross_entropy)
+    tr.train(TrainConfig(seed=0, steps=6, n_train=24, **TINY))
+    labels = set(made["y"].tolist())
+    assert seen and all(set(t.tolist()) <= labels for t in seen)
+    for spec, label in zip(made["specs"], made["y"].tolist()):
+        if spec.action in ("bowling", "golf_putt"):
+            assert synthetic.LABELS[label] == spec.action
 
 
 def test_bad_settings_are_refused():

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 STEPS = ("predictions", "cascade", "dla", "attention", "ablation", "patching", "heads", "paths", "attribution")
-STUDY_STEPS = ("predictions", "cascade", "dla", "ablation", "patching", "heads")
+STUDY_STEPS = ("predictions", "cascade", "dla", "attention", "ablation", "patching", "heads")
+PROBE_CI_HALF_WIDTH = 0.08  # a study whose best-layer probe CI is wider than +-this is flagged as too small
 
 RECOVERY_FORMULA = (
     "recovery(%) = 100 * <r_patched - r_corrupt, r_clean - r_corrupt> / ||r_clean - r_corrupt||^2, "
@@ -68,8 +69,14 @@ DEFINITIONS = {
     "bootstrap_ci": "percentile bootstrap over pairs of the mean: {n_boot} resamples with replacement (numpy, seed "
                     "{seed}); [2.5%, 97.5%] quantiles of the resampled means.",
     "probe": "per-layer logistic-regression probe on the [CLS] residual (blocks.l.hook_resid_post) of clean and "
-             "corrupt clips, label = outcome (1 = success, 0 = failure); test = held-out split; control = the same "
-             "probe trained on shuffled labels.",
+             "corrupt clips, label = outcome (1 = success, 0 = failure); test = accuracy of grouped k-fold "
+             "out-of-fold predictions (a pair's two clips always in one fold), 95% CI by bootstrap over pairs; "
+             "control = the same probe and folds with the labels permuted within each pair.",
+    "transfer": "a probe trained on every pair of one domain (e.g. bowling outcomes) and tested on every pair of "
+                "another (golf outcomes), each domain's features standardised with its own statistics: above "
+                "chance means a shared 'success' direction.",
+    "hidden": "the outcome is hidden from the label when both clips of a pair get the same top-1 class "
+              "(same_top1_fraction) and that class is the action (action_accuracy, over both clips).",
 }
 
 
@@ -509,8 +516,13 @@ def _attention(model, cache_c, cache_r, cls: int, region: Region, top_heads: int
                       "peak_thw": [int(i) for i in peak],
                       "map_clean": _list(attn_c.values[l, hd]), "map_corrupt": _list(attn_r.values[l, hd])})  # fmt: skip
     by_region = top_heads_by_cls_attention(attn_c, torch.tensor(region.positions), k=min(10, dla.numel()))
+    uniform = len(region.positions) / cfg.n_pos
+    best = int(mass.reshape(-1).argmax())
     return {"ranking": "|direct logit attribution| of the head on the clean clip", "heads": heads,
-            "region_mass": _list(mass), "uniform_mass": len(region.positions) / cfg.n_pos,
+            "region_mass": _list(mass), "uniform_mass": uniform, "region_mass_ratio": _list(mass / uniform),
+            "best_region_head": {"layer": best // cfg.n_heads, "head": best % cfg.n_heads,
+                                 "region_mass": float(mass.reshape(-1)[best]),
+                                 "ratio_to_uniform": float(mass.reshape(-1)[best] / uniform)},
             "top_by_region_mass": [{**r, "peak": list(r["peak"])} for r in by_region]}  # fmt: skip
 
 
@@ -641,6 +653,7 @@ def _per_pair_vectors(r: dict) -> dict[str, Any]:
         "ablation_tokens_change": r["ablation"]["tokens"]["class_change"],
         "class_logit_clean": d["logit_clean"], "class_logit_corrupt": d["logit_corrupt"],
         "class_logit_difference": d["logit_clean"] - d["logit_corrupt"],
+        "region_mass_ratio": r["cls_attention"]["region_mass_ratio"],
     }  # fmt: skip
 
 
@@ -648,28 +661,36 @@ def study(
     model,
     pairs: Mapping[str, Sequence[PairInput]],
     *,
+    probe_pairs: Mapping[str, Sequence[PairInput]] | None = None,
     label: int | str | None = None,
     signal_layer: int | None = None,
     signal_positions: str = "cls",
     n_boot: int = 2000,
     seed: int = 0,
-    test_fraction: float = 0.25,
+    k_folds: int = 5,
     progress: bool = True,
     batch_size: int = 16,
 ) -> dict:
     """The per-pair measurements of `analyze_pair` over many pairs per domain, as means with 95% bootstrap CIs,
-    and a per-layer outcome probe on [CLS] trained on some pairs and tested on held-out ones (with its control).
+    and per-layer outcome probes on [CLS].
 
-    `pairs`: `{domain: [PairInput, ...]}` (e.g. `generate_pairs(model, "bowling", 20)`).
-    Returns a JSON-ready dict: `domains[d]` holds `per_pair` rows and the aggregated `ci` of each quantity;
-    `probe[d]` the per-layer probe records.
+    `pairs`: `{domain: [PairInput, ...]}` (e.g. `generate_pairs(model, "bowling", 20)`), analysed pair by pair.
+    `probe_pairs`: the pairs the probes and the hidden-outcome checks use (default: `pairs`); forwards only, so
+    they can be many more. The probe is grouped k-fold (`k_folds`) over pairs: every clip is predicted by a
+    probe that never saw its pair. With two or more domains, a probe trained on one domain's outcomes is
+    tested on another's (`transfer`).
+    Returns a JSON-ready dict: `domains[d]` holds `per_pair` rows, the aggregated `ci` of each quantity and the
+    `hidden` checks; `probe[d]` the per-layer probe records; `warnings` what makes the CIs unreliable.
     """
-    from vivit_lens.probes import collect_activations, train_probes
+    from vivit_lens.probes import grouped_cv_probes, transfer_probes
 
     cfg = model.cfg
-    out: dict[str, Any] = {"domains": {}, "probe": {}, "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95}}
+    probe_pairs = pairs if probe_pairs is None else probe_pairs
+    out: dict[str, Any] = {"domains": {}, "probe": {}, "transfer": {}, "warnings": [],
+                           "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95}}  # fmt: skip
     total = sum(len(v) for v in pairs.values())
     bar = tqdm(total=total, desc="study", disable=not progress)
+    acts_by_domain: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
     for domain, plist in pairs.items():
         if not plist:
             raise PairError(f"domain {domain!r} has no pairs")
@@ -695,29 +716,118 @@ def study(
         d["ci"] = ci
         d["per_pair"] = [{"pair": n, **row} for n, row in zip(names, rows)]
         out["domains"][domain] = d
-        # the probe: clean (label 1) and corrupt (label 0) [CLS] residuals, split by whole pairs
-        bar.set_postfix_str(f"{domain} probe")
-        clips = torch.cat([torch.cat([p.clean, p.corrupt]) for p in plist])
-        acts = collect_activations(model, clips, pool="cls", progress=False)
-        labels = torch.tensor([1, 0] * len(plist))
-        out["probe"][domain] = _probe(train_probes, acts, labels, test_fraction, seed)
     bar.close()
+
+    for domain, plist in probe_pairs.items():
+        if len(plist) < 2:
+            out["warnings"].append(f"{domain}: the probe needs at least 2 pairs, got {len(plist)}; no probe")
+            continue
+        clips = torch.cat([torch.cat([p.clean, p.corrupt]) for p in plist])
+        acts, top = _probe_forward(model, clips, batch_size, progress)
+        labels, groups = torch.tensor([1, 0] * len(plist)), torch.arange(len(plist)).repeat_interleave(2)
+        acts_by_domain[domain] = (acts, labels, groups)
+        k = min(k_folds, len(plist))
+        recs = grouped_cv_probes(acts, labels, groups, k=k, n_boot=n_boot, seed=seed)
+        best = max(recs, key=lambda r: (r["test"], -r["layer"]))
+        out["probe"][domain] = {
+            "records": recs, "best_layer": best["layer"], "best": best, "chance": recs[0]["chance"],
+            "n_pairs": len(plist), "k": k,
+            "split": f"grouped {k}-fold over pairs: both clips of a pair in one fold; every clip predicted once by "
+                     f"a probe trained on the other folds",
+            "control": "the same probe and folds with the outcome labels permuted within each pair",
+        }  # fmt: skip
+        action = _domain_label(model, plist)
+        same = (top[0::2] == top[1::2]).double().numpy()
+        ci = bootstrap_ci(same, n_boot=n_boot, seed=seed)
+        hidden = {"n_pairs": len(plist), "same_top1_fraction": float(same.mean()),
+                  "same_top1_ci": [float(ci["lo"]), float(ci["hi"])]}  # fmt: skip
+        if action is not None:
+            hit = (top == action).double().reshape(-1, 2).mean(1).numpy()  # per pair: 0, 0.5 or 1
+            ci = bootstrap_ci(hit, n_boot=n_boot, seed=seed)
+            hidden |= {"action": cfg.id2label[action], "action_accuracy": float(hit.mean()),
+                       "action_accuracy_ci": [float(ci["lo"]), float(ci["hi"])]}  # fmt: skip
+        out["domains"].setdefault(domain, {})["hidden"] = hidden
+        # The bootstrap over pairs can be narrow by accident (a probe that gives both clips of every pair one
+        # label scores exactly 0.5 on each); the binomial bound at 50% for this many clips is the floor.
+        half = max((best["test_hi"] - best["test_lo"]) / 2, 1.96 * math.sqrt(0.25 / len(labels)))
+        out["probe"][domain]["ci_half_width"] = half
+        if half > PROBE_CI_HALF_WIDTH:
+            out["warnings"].append(
+                f"{domain}: with {len(plist)} pairs the probe's 95% CI is +-{half:.2f} wide (more than "
+                f"+-{PROBE_CI_HALF_WIDTH}); its accuracies mean little. Use at least "
+                f"{math.ceil(0.25 * (1.96 / PROBE_CI_HALF_WIDTH) ** 2 / 2)} pairs (--probe-pairs)")
+    for a, b in ((a, b) for a in acts_by_domain for b in acts_by_domain if a != b):
+        (xa, ya, _), (xb, yb, gb) = acts_by_domain[a], acts_by_domain[b]
+        out["transfer"][f"{a}->{b}"] = transfer_probes(xa, ya, xb, yb, gb, n_boot=n_boot, seed=seed)
+    for w in out["warnings"]:
+        logger.warning(w)
     out["signal"] = {"layer": cfg.n_layers - 1 if signal_layer is None else signal_layer, "positions": signal_positions}
     return out
 
 
-def _probe(train_probes: Callable, acts: Tensor, labels: Tensor, test_fraction: float, seed: int) -> dict:
-    n_pairs = len(labels) // 2
-    pair_ids = torch.arange(n_pairs).repeat_interleave(2)
-    if n_pairs < 2:
-        return {"records": [], "note": "the probe needs at least 2 pairs (one to train on, one held out)"}
-    res = train_probes(acts, labels, groups=pair_ids, test_fraction=test_fraction, seed=seed)
-    split = "by pair: both clips of a pair are on the same side (held-out pairs)"
-    return {"records": res.to_records(), "split": split, "chance": res.chance, "n_train": res.n_train,
-            "n_test": res.n_test}  # fmt: skip
+def _domain_label(model, plist: Sequence[PairInput]) -> int | None:
+    """The class a domain's clips should get: the generated pairs' action, when the model has that label."""
+    action = plist[0].meta.get("action")
+    return model.cfg.label2id.get(action) if action else None
+
+
+@torch.no_grad()
+def _probe_forward(model, clips: Tensor, batch_size: int, progress: bool) -> tuple[Tensor, Tensor]:
+    """[CLS] residual after every block `[layer n d_model]` and the top-1 class `[n]`, one forward per batch."""
+    names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    acts, top = [], []
+    for x in tqdm(clips.split(batch_size), desc="probe clips", disable=not progress, leave=False):
+        logits, cache = model.run_with_cache(x, names_filter=names)
+        acts.append(torch.stack([cache[n][:, 0] for n in names]))
+        top.append(logits.argmax(-1))
+    return torch.cat(acts, 1), torch.cat(top)
 
 
 # Provenance -------------------------------------------------------------------------------------
+def model_findings(model_name: str | Path | None) -> dict | None:
+    """What a local checkpoint's `training.json` records of the model's outcome knowledge (`outcome_world`,
+    written by `benchmarks/outcome_world.py --record`), or None."""
+    if not model_name:
+        return None
+    path = Path(model_name) / "training.json"
+    try:
+        return json.loads(path.read_text()).get("outcome_world") if path.is_file() else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def findings_lines(f: Mapping) -> list[str]:
+    """Plain-text sentences for a `model_findings` record (the measured hidden / present / transfer / causal)."""
+    lines = []
+    for dom, d in f.get("domains", {}).items():
+        h, p, c = d["hidden"], d["present"], d["causal"]
+        b = p["best"]
+        lines.append(f"{dom}: the outcome is hidden from the label (same top-1 on both clips of "
+                     f"{h['same_top1_fraction']:.1%} of {h['n_pairs']} pairs, 95% CI [{h['same_top1_ci'][0]:.1%}, "
+                     f"{h['same_top1_ci'][1]:.1%}]; top-1 = {h.get('action', '?')} on {h.get('action_accuracy', float('nan')):.1%}) "
+                     f"and present in [CLS]: a linear probe reads it at {b['test']:.2f} [{b['test_lo']:.2f}, "
+                     f"{b['test_hi']:.2f}] held-out accuracy at layer {p['best_layer']} (grouped {p['k']}-fold over "
+                     f"{p['n_pairs']} pairs; shuffled-label control {b['control']:.2f}).")
+        att = [v[0] for v in c["attention_recovery_by_layer"]]
+        mlp = [v[0] for v in c["mlp_recovery_by_layer"]]
+        la, lm = int(np.argmax(att)), int(np.argmax(mlp))
+        sh, rg = c["strongest_head"], c["head_most_on_region"]
+        lines.append(f"{dom}, causal ({c['n_pairs']} pairs): patching the layer-{la} attention output recovers "
+                     f"{att[la]:.0f}% [{c['attention_recovery_by_layer'][la][1]:.0f}, "
+                     f"{c['attention_recovery_by_layer'][la][2]:.0f}] of the clean - corrupt signal, the layer-{lm} MLP "
+                     f"{mlp[lm]:.0f}% [{c['mlp_recovery_by_layer'][lm][1]:.0f}, {c['mlp_recovery_by_layer'][lm][2]:.0f}]; "
+                     f"strongest head L{sh['layer']}H{sh['head']} {sh['recovery'][0]:.0f}% "
+                     f"[{sh['recovery'][1]:.0f}, {sh['recovery'][2]:.0f}]; L{rg['layer']}H{rg['head']} puts "
+                     f"{rg['mass_over_uniform'][0]:.1f}x the uniform share of its [CLS] attention on the outcome region.")
+    for name, t in f.get("transfer", {}).items():
+        lines.append(f"transfer {name}: a probe trained on one domain's outcomes scores {t['test']:.2f} "
+                     f"[{t['lo']:.2f}, {t['hi']:.2f}] on the other's at layer {t['best_layer']} (chance 0.50).")
+    if f.get("command"):
+        lines.append(f"measured by: {f['command']}")
+    return lines
+
+
+
 def provenance(model, model_name: str | None = None, **extra: Any) -> dict:
     """Model, configuration and library versions, for results.json."""
     from importlib import metadata
@@ -732,6 +842,9 @@ def provenance(model, model_name: str | None = None, **extra: Any) -> dict:
         except metadata.PackageNotFoundError:
             pass
     cfg = model.cfg
+    findings = model_findings(model_name)
+    if findings:
+        extra = {"model_findings": findings, **extra}
     return {
         "model": {"name_or_path": model_name, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
                   "d_mlp": cfg.d_mlp, "num_frames": cfg.num_frames, "image_size": list(cfg.image_size),
@@ -743,6 +856,6 @@ def provenance(model, model_name: str | None = None, **extra: Any) -> dict:
 
 __all__ = [
     "DEFINITIONS", "PairError", "PairInput", "RECOVERY_FORMULA", "Region", "STEPS", "analyze_pair", "bootstrap_ci",
-    "display_frames", "generate_pairs", "jsonable", "load_pair", "provenance", "region_from_difference",
+    "display_frames", "findings_lines", "generate_pairs", "jsonable", "load_pair", "model_findings", "provenance", "region_from_difference",
     "region_from_spec", "resolve_class", "study",
 ]  # fmt: skip

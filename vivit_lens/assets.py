@@ -1,6 +1,6 @@
 """Files shipped inside the package: a small ViViT trained on the synthetic clips, and minimal pairs.
 
-    model = HookedViViT.from_pretrained(assets.tiny_model_path())    # 6 actions, 16 frames, 64x64
+    model = HookedViViT.from_pretrained(assets.tiny_model_path())    # 10 classes, 16 frames, 64x64
     clean, corrupt, spec = assets.pair_paths("bowling")               # strike vs gutter, mp4 + spec.json
     assets.pairs()                                                    # ("bowling", "golf_putt")
 

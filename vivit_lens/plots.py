@@ -403,27 +403,45 @@ def study_cascade(st: Mapping) -> Figure:
 
 
 def study_probe(st: Mapping) -> Figure:
-    """Per-layer outcome probe on [CLS]: train, held-out test and the shuffled-label control, per domain."""
+    """Per-layer outcome probe on [CLS] per domain: grouped k-fold held-out accuracy and the shuffled-label control,
+    each with its 95% bootstrap CI over pairs, and the cross-domain transfer probes."""
     doms = [d for d in st["probe"] if st["probe"][d].get("records")]
-    fig = Figure(figsize=(5.2 * max(1, len(doms)), 4.2), layout="constrained")
-    axes = fig.subplots(1, max(1, len(doms)), squeeze=False)[0]
+    transfer = st.get("transfer") or {}
+    n = max(1, len(doms)) + (1 if transfer else 0)
+    fig = Figure(figsize=(4.8 * n, 4.2), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+
+    def band(ax, rec, key, style, color, label, dx=0.0):
+        x = np.array([r["layer"] for r in rec], float) + dx
+        y = np.array([r[key] for r in rec])
+        err = [y - np.array([r[f"{key}_lo"] for r in rec]), np.array([r[f"{key}_hi"] for r in rec]) - y]
+        ax.errorbar(x, y, yerr=err, fmt=style, color=color, capsize=3, ms=5, label=label)
+
     for ax, dom in zip(axes, doms):
         p = st["probe"][dom]
         rec = p["records"]
-        x = [r["layer"] for r in rec]
-        ax.plot(x, [r["train"] for r in rec], "o--", color="0.5", label="train")
-        ax.plot(x, [r["test"] for r in rec], "o-", color="#1b7837", label="held-out test")
-        ax.plot(x, [r["control_test"] for r in rec], "s-", color="#c51b7d", label="shuffled-label control (test)")
-        ax.plot(x, [r["control_train"] for r in rec], "s:", color="#c51b7d", alpha=0.6, label="control (train)")
+        band(ax, rec, "test", "o-", "#1b7837", "outcome probe (held out)", -0.06)
+        band(ax, rec, "control", "s--", "#c51b7d", "shuffled-label control (held out)", 0.06)
+        ax.plot([r["layer"] for r in rec], [r["train"] for r in rec], ":", color="0.45", label="probe, training folds")
         ax.axhline(p["chance"], color="black", lw=0.8, ls="--", label=f"chance ({p['chance']:.2f})")
+        ax.set_xticks([r["layer"] for r in rec])
+        ax.set_title(f"{dom}: {p['n_pairs']} pairs, grouped {p['k']}-fold", fontsize=9.5)
+    if transfer:
+        ax = axes[-1]
+        colors = ["#2166ac", "#b35806", "#762a83", "#1b7837"]
+        for i, (name, rec) in enumerate(transfer.items()):
+            band(ax, rec, "test", "o-", colors[i % 4], name.replace("->", " -> "), (i - 0.5) * 0.1)
+        ax.axhline(0.5, color="black", lw=0.8, ls="--", label="chance (0.50)")
+        ax.set_xticks([r["layer"] for r in next(iter(transfer.values()))])
+        ax.set_title("transfer: trained on one domain, tested on the other", fontsize=9.5)
+    for ax in axes:
         ax.set_ylim(-0.02, 1.05)
-        ax.set_xticks(x)
         ax.set_xlabel("layer ([CLS] residual after the block)")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"{dom}: outcome probe ({p['n_train']} train / {p['n_test']} test clips)", fontsize=9.5)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Linear probe for the outcome (success vs failure) on held-out clips", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Linear probes for the outcome (success vs failure), mean and 95% bootstrap CI over pairs",
+                 fontsize=10)
     return fig
 
 

@@ -188,6 +188,122 @@ def train_probes(
                         chance=chance, n_train=len(train_idx), n_test=len(test_idx), probes=probes)  # fmt: skip
 
 
+def _standardise(x_train: Tensor, *xs: Tensor) -> list[Tensor]:
+    mean, std = x_train.mean(0), x_train.std(0, unbiased=False).clamp_min(1e-8)
+    return [(x - mean) / std for x in (x_train, *xs)]
+
+
+def _fold_of_groups(groups: Tensor, k: int, seed: int) -> Tensor:
+    """Fold index per sample: the groups, shuffled with `seed`, dealt round-robin into `k` folds."""
+    members = groups.unique()
+    order = members[torch.randperm(len(members), generator=torch.Generator().manual_seed(seed))]
+    fold_of = {int(g): i % k for i, g in enumerate(order)}
+    return torch.tensor([fold_of[int(g)] for g in groups])
+
+
+def _shuffle_within_groups(labels: Tensor, groups: Tensor, seed: int) -> Tensor:
+    """The shuffled-label control: labels permuted within each group (a minimal pair keeps one clip of each
+    outcome, but which clip is which is a coin flip), so the labels carry nothing the inputs show."""
+    g = torch.Generator().manual_seed(seed)
+    out = labels.clone()
+    for u in groups.unique():
+        idx = torch.nonzero(groups == u).reshape(-1)
+        out[idx] = labels[idx[torch.randperm(len(idx), generator=g)]]
+    return out
+
+
+def grouped_cv_probes(
+    acts_by_layer: Float[Tensor, "layer n d"],
+    labels: Int[Tensor, "n"],
+    groups: Int[Tensor, "n"],
+    *,
+    k: int = 5,
+    layers: Sequence[int] | None = None,
+    weight_decay: float | int = 1e-3,
+    max_iter: int = 200,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[dict]:
+    """Grouped k-fold probes, one per layer: every sample is predicted once, by a probe trained on the
+    other folds, and a group (a minimal pair, a source video) never sits on both sides of a split.
+
+    Returns one record per layer: `test` (accuracy of the out-of-fold predictions) with its 95% bootstrap
+    CI over groups (`test_lo`, `test_hi`), the same for the shuffled-label `control` (labels permuted within
+    each group, same folds), the mean training accuracy of the k probes (`train`, `control_train`), and `n`,
+    `n_groups`, `k`, `chance` (majority-class rate).
+    """
+    from vivit_lens.analysis import bootstrap_ci
+
+    labels, groups = labels.long(), groups.long()
+    n_groups = groups.unique().numel()
+    if acts_by_layer.shape[1] != labels.shape[0] or groups.shape[0] != labels.shape[0]:
+        raise ValueError(f"acts have {acts_by_layer.shape[1]} samples, labels {labels.shape[0]}, "
+                         f"groups {groups.shape[0]}")  # fmt: skip
+    if not 2 <= k <= n_groups:
+        raise ValueError(f"k must be in [2, number of groups = {n_groups}], got {k}")
+    n_classes = int(labels.max()) + 1
+    fold = _fold_of_groups(groups, k, seed)
+    control_labels = _shuffle_within_groups(labels, groups, seed + 1)
+    group_ids, group_index = groups.unique(return_inverse=True)
+    chance = float(torch.bincount(labels, minlength=n_classes).max()) / len(labels)
+    layer_names = list(range(acts_by_layer.shape[0])) if layers is None else [int(l) for l in layers]
+    records = []
+    for name, acts in zip(layer_names, acts_by_layer):
+        x = acts.double()
+        rec: dict = {"layer": name}
+        for key, y in (("test", labels), ("control", control_labels)):
+            correct, train_acc = torch.zeros(len(y), dtype=torch.float64), []
+            for f in range(k):
+                tr, te = fold != f, fold == f
+                xtr, xte = _standardise(x[tr], x[te])
+                W, b = fit_probe(xtr, y[tr], n_classes, weight_decay, max_iter)
+                train_acc.append(_accuracy(xtr, y[tr], W, b))
+                correct[te] = ((xte @ W + b).argmax(-1) == y[te]).double()
+            per_group = torch.zeros(len(group_ids), dtype=torch.float64).index_add_(0, group_index, correct)
+            per_group /= torch.bincount(group_index).double()
+            ci = bootstrap_ci(per_group.numpy(), n_boot=n_boot, seed=seed)
+            rec[key], rec[f"{key}_lo"], rec[f"{key}_hi"] = float(correct.mean()), float(ci["lo"]), float(ci["hi"])
+            rec["train" if key == "test" else "control_train"] = float(sum(train_acc) / k)
+        rec.update(n=len(labels), n_groups=n_groups, k=k, chance=chance)
+        records.append(rec)
+    return records
+
+
+def transfer_probes(
+    train_acts: Float[Tensor, "layer n d"],
+    train_labels: Int[Tensor, "n"],
+    test_acts: Float[Tensor, "layer m d"],
+    test_labels: Int[Tensor, "m"],
+    test_groups: Int[Tensor, "m"] | None = None,
+    *,
+    weight_decay: float | int = 1e-3,
+    max_iter: int = 200,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[dict]:
+    """A probe per layer trained on one set (e.g. bowling outcomes) and tested on another (golf outcomes):
+    `test` accuracy with a 95% bootstrap CI over `test_groups` (default: every sample its own group).
+    Features are standardised with each set's own statistics, so a shift of the mean between the two
+    domains does not count against a shared direction."""
+    from vivit_lens.analysis import bootstrap_ci
+
+    n_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    groups = torch.arange(len(test_labels)) if test_groups is None else test_groups.long()
+    group_ids, group_index = groups.unique(return_inverse=True)
+    records = []
+    for layer, (a, b_) in enumerate(zip(train_acts, test_acts)):
+        (xtr,), (xte,) = _standardise(a.double()), _standardise(b_.double())
+        W, b = fit_probe(xtr, train_labels.long(), n_classes, weight_decay, max_iter)
+        correct = ((xte @ W + b).argmax(-1) == test_labels.long()).double()
+        per_group = torch.zeros(len(group_ids), dtype=torch.float64).index_add_(0, group_index, correct)
+        per_group /= torch.bincount(group_index).double()
+        ci = bootstrap_ci(per_group.numpy(), n_boot=n_boot, seed=seed)
+        records.append({"layer": layer, "train": _accuracy(xtr, train_labels.long(), W, b),
+                        "test": float(correct.mean()), "test_lo": float(ci["lo"]), "test_hi": float(ci["hi"]),
+                        "n_train": len(train_labels), "n_test": len(test_labels)})  # fmt: skip
+    return records
+
+
 def collect_activations(
     model,
     clips: Tensor | Iterable[Tensor],
@@ -221,4 +337,5 @@ def collect_activations(
     return torch.cat(out, dim=1)
 
 
-__all__ = ["ProbeResults", "collect_activations", "fit_probe", "split_indices", "train_probes"]
+__all__ = ["ProbeResults", "collect_activations", "fit_probe", "grouped_cv_probes", "split_indices", "train_probes",
+           "transfer_probes"]

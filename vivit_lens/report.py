@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vivit_lens.analysis import jsonable
+from vivit_lens.analysis import findings_lines, jsonable
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;
@@ -151,7 +151,16 @@ def _summary(res: Mapping) -> str:
         a = at["heads"]["agreement"]
         items.append(f"Attribution patching vs exact per-head patching: Pearson {_num(a['pearson'], '{:.3f}')}, "
                      f"Spearman {_num(a['spearman'], '{:.3f}')}, top-{a['k']} overlap {a['topk_overlap']:.2f}.")
-    return "<ul class='summary'>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+    return "<ul class='summary'>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" + _findings_html(res)
+
+
+def _findings_html(res: Mapping) -> str:
+    """What the model is known to compute, from its training record (measured on many fresh pairs)."""
+    f = res.get("meta", {}).get("model_findings")
+    if not f:
+        return ""
+    return ("<h3>What this model computes (measured on fresh pairs, not on this pair)</h3><ul class='summary'>" +
+            "".join(f"<li>{_e(line)}</li>" for line in findings_lines(f)) + "</ul>")
 
 
 def render_analysis(res: Mapping, pngs: Mapping[str, bytes]) -> str:
@@ -274,8 +283,8 @@ def write_analysis(res: Mapping, out_dir: str | Path, frames: np.ndarray | None 
 
 
 # Study -------------------------------------------------------------------------------------------
-def _ci_cell(ci: Mapping, i: int | None = None, fmt: str = "{:.1f}") -> str:
-    m, lo, hi = (ci[k] if i is None else ci[k][i] for k in ("mean", "lo", "hi"))
+def _ci_cell(ci: Mapping, i: int | None = None, fmt: str = "{:.1f}", keys: Sequence[str] = ("mean", "lo", "hi")) -> str:
+    m, lo, hi = (ci[k] if i is None else ci[k][i] for k in keys)
     return f"{fmt.format(m)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
@@ -292,12 +301,28 @@ def render_study(st: Mapping, pngs: Mapping[str, bytes]) -> str:
                      f" mean attention recovery {att.min():.0f}% to {att.max():.0f}%, MLP {mlp.min():.0f}% to "
                      f"{mlp.max():.0f}% per layer; region ablation changes the class logit by "
                      f"{_ci_cell(ci['ablation_pixels_change'], fmt='{:+.3f}')} (pixels, mean [95% CI]).")  # fmt: skip
+    for dom, d in st["domains"].items():
+        hid = d.get("hidden")
+        if hid:
+            acc = (f"; top-1 = {_e(hid['action'])} on {hid['action_accuracy']:.1%} of clips"
+                   if "action_accuracy" in hid else "")
+            items.append(f"Hidden ({_e(dom)}, {hid['n_pairs']} pairs): both clips of a pair get the same top-1 class "
+                         f"in {hid['same_top1_fraction']:.1%}{acc}.")
     for dom, p in st["probe"].items():
         if p.get("records"):
-            best = max(p["records"], key=lambda r: r["test"])
-            items.append(f"Probe ({_e(dom)}): best held-out accuracy {best['test']:.2f} at layer {best['layer']} "
-                         f"(control {best['control_test']:.2f}, chance {p['chance']:.2f}); split {_e(p['split'])}.")
-    sec = [("summary", "Summary", "<ul class='summary'>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")]
+            b = p["best"]
+            items.append(f"Present ({_e(dom)}): the outcome probe on [CLS] reaches {_ci_cell(b, fmt='{:.2f}', keys=('test', 'test_lo', 'test_hi'))} "
+                         f"held-out accuracy at layer {b['layer']} (grouped {p['k']}-fold over {p['n_pairs']} pairs; "
+                         f"shuffled-label control {_ci_cell(b, fmt='{:.2f}', keys=('control', 'control_lo', 'control_hi'))}, "
+                         f"chance {p['chance']:.2f}).")
+    for name, rec in (st.get("transfer") or {}).items():
+        b = max(rec, key=lambda r: (r["test"], -r["layer"]))
+        items.append(f"Transfer {_e(name)}: best {_ci_cell(b, fmt='{:.2f}', keys=('test', 'test_lo', 'test_hi'))} at "
+                     f"layer {b['layer']} (chance 0.50).")
+    for w in st.get("warnings") or []:
+        items.append(f"<b>Warning</b>: {_e(w)}")
+    sec = [("summary", "Summary", "<ul class='summary'>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" +
+            _findings_html(st))]
     body = fig("study_recovery", "Signal recovery per layer, mean over pairs with 95% bootstrap CI.")
     for dom, d in st["domains"].items():
         ci = d["ci"]
@@ -315,18 +340,36 @@ def render_study(st: Mapping, pngs: Mapping[str, bytes]) -> str:
                 for l in range(len(ci["cascade_token_mean"]["mean"]))]  # fmt: skip
         body += f"<h3>{_e(dom)}</h3>" + table(["layer", "token mean", "[CLS]"], rows, left=3)
     sec.append(("cascade", "Activation delta over pairs", body))
-    body = fig("study_probe", "Outcome probe per layer: held-out accuracy and the shuffled-label control.")
+    body = fig("study_probe", "Outcome probe per layer: grouped k-fold held-out accuracy and the shuffled-label "
+                              "control, with 95% bootstrap CIs over pairs; right: transfer between domains.")
     for dom, p in st["probe"].items():
         if not p.get("records"):
-            body += f"<p class='meta'>{_e(dom)}: {_e(p.get('note', ''))}</p>"
             continue
-        rows = [(r["layer"], r["train"], r["test"], r["control_train"], r["control_test"], r["selectivity"])
+        rows = [(r["layer"], _ci_cell(r, fmt="{:.3f}", keys=("test", "test_lo", "test_hi")), r["train"],
+                 _ci_cell(r, fmt="{:.3f}", keys=("control", "control_lo", "control_hi")), r["control_train"])
                 for r in p["records"]]  # fmt: skip
-        body += (f"<h3>{_e(dom)}</h3><p class='meta'>split: {_e(p['split'])}; {p['n_train']} train / {p['n_test']} "
-                 f"test clips; chance {p['chance']:.2f}</p>") + table(
-            ["layer", "train", "test", "control train", "control test", "selectivity"], rows, "{:.3f}")
-    sec.append(("probe", "Linear probe on held-out pairs", body))
+        body += (f"<h3>{_e(dom)}</h3><p class='meta'>{_e(p['split'])}; {p['n_pairs']} pairs "
+                 f"({2 * p['n_pairs']} clips); control: {_e(p['control'])}; chance {p['chance']:.2f}</p>") + table(
+            ["layer", "held-out accuracy [95% CI]", "train (mean over folds)", "control, held out [95% CI]",
+             "control, train"], rows, "{:.3f}", left=2)  # fmt: skip
+    for name, rec in (st.get("transfer") or {}).items():
+        rows = [(r["layer"], _ci_cell(r, fmt="{:.3f}", keys=("test", "test_lo", "test_hi")), r["train"]) for r in rec]
+        body += f"<h3>transfer {_e(name)}</h3>" + table(["layer", "accuracy on the other domain [95% CI]",
+                                                          "train accuracy"], rows, "{:.3f}", left=2)  # fmt: skip
+    sec.append(("probe", "Is the outcome there? Linear probes on held-out pairs", body))
     body = fig("study_heads", "Mean recovery when a single head's output is patched.")
+    for dom, d in st["domains"].items():
+        hc, rm = d["ci"]["head_recovery"], d["ci"].get("region_mass_ratio")
+        mean = np.asarray(hc["mean"], float)
+        order = np.argsort(-np.abs(mean).reshape(-1), kind="stable")[:10]
+        n_heads = mean.shape[1]
+        rows = [(f"L{i // n_heads}H{i % n_heads}", f"{mean.reshape(-1)[i]:.1f} [{np.asarray(hc['lo'], float).reshape(-1)[i]:.1f}, "
+                 f"{np.asarray(hc['hi'], float).reshape(-1)[i]:.1f}]",
+                 "" if rm is None else f"{np.asarray(rm['mean'], float).reshape(-1)[i]:.2f}")
+                for i in order]  # fmt: skip
+        body += (f"<h3>{_e(dom)}: the 10 heads with the largest mean recovery</h3>" +
+                 table(["head", "recovery (%) mean [95% CI]", "[CLS] attention on the outcome region / uniform share"],
+                       rows, left=3))  # fmt: skip
     body += fig("study_scalars", "Region ablation and the clean - corrupt gap of the class logit, per pair.")
     rows = []
     for dom, d in st["domains"].items():

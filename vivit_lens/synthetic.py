@@ -1,9 +1,16 @@
 """Procedurally rendered action clips and outcome minimal pairs, for training and probing small ViViTs.
 
-Six actions (the class label) each end in one of two outcomes that never change the label:
-a bowling strike and a gutter ball are both `bowling`. For one seed the two outcomes share every
-random draw (scene, colours, pixel noise, camera jitter), so a pair is bit-identical before its
-`decisive_frame` and differs afterwards only inside `box`, where the outcome happens.
+Eight scenes (`ACTIONS`), each ending in one of two outcomes. Six are *actions*, labelled by the
+action alone: a bowling strike and a gutter ball are both `bowling`, a holed and a missed putt both
+`golf_putt`. Two are *events*, labelled by their outcome (`EVENT_SCENES`): `skittles` (the same pins as
+bowling, on a bare floor, knocked over by a sliding block or left standing as it slides past) and `marble` (a ball
+rolling into a hole, or past it, on a bare table, with no club). A classifier must learn to see pins
+fall and balls drop to tell the event classes apart, and those detectors then also fire inside
+bowling and golf clips, whose labels never carry the outcome (as a Kinetics model's event features
+fire on clips of other classes). `LABELS` are the classes; `label_of(action, outcome)` maps a clip to
+its class. For one seed the two outcomes share every random draw (scene, colours, pixel noise, camera
+jitter), so a pair is bit-identical before its `decisive_frame` and differs afterwards only inside
+`box`, where the outcome happens.
 
     clip, spec = render("bowling", seed=3, outcome="strike", frames=16, size=64)  # uint8 [16, 64, 64, 3]
     clean, corrupt, pair = render_pair("golf_putt", seed=3)       # holed vs missed, same seed
@@ -28,7 +35,7 @@ from jaxtyping import Int64, UInt8
 
 Clip = UInt8[np.ndarray, "frames height width 3"]
 
-ACTIONS: tuple[str, ...] = ("bowling", "golf_putt", "juggling", "swinging", "sliding", "rolling")
+ACTIONS: tuple[str, ...] = ("bowling", "golf_putt", "juggling", "swinging", "sliding", "rolling", "skittles", "marble")
 # First outcome = "success" = the clean run of `render_pair`; second = "failure" = the corrupt run.
 OUTCOMES: dict[str, tuple[str, str]] = {
     "bowling": ("strike", "gutter"),
@@ -37,8 +44,30 @@ OUTCOMES: dict[str, tuple[str, str]] = {
     "swinging": ("intact", "snapped"),
     "sliding": ("stops", "falls"),
     "rolling": ("over", "blocked"),
+    "skittles": ("toppled", "standing"),
+    "marble": ("sunk", "passed"),
 }
+# Scenes whose class is their outcome; every other scene's class is the scene alone, whatever happens.
+EVENT_SCENES: tuple[str, ...] = ("skittles", "marble")
+LABELS: tuple[str, ...] = tuple(a for a in ACTIONS if a not in EVENT_SCENES) + tuple(
+    f"{a}_{o}" for a in EVENT_SCENES for o in OUTCOMES[a])
 MIN_FRAMES, MIN_SIZE = 4, 32
+# The event scenes show their pins and balls at 1x to EVENT_ZOOM[1]x the size bowling and golf_putt use: large
+# ones make the outcome easy to find early in training, the 1x ones make the detector work at bowling's size.
+EVENT_ZOOM = (1.0, 2.0)
+# Where in the clip (fraction of its length) the outcome is decided: early enough that the outcome stays on screen
+# for most of the clip (with the outcome decided at 40-60%, a small ViViT did not learn to see it in our budget).
+DECISIVE = (0.25, 0.4)
+
+
+def label_of(action: str, outcome: str) -> int:
+    """The class of a clip: `LABELS.index(action)` for an action scene (the outcome is ignored, by design),
+    `LABELS.index(f"{action}_{outcome}")` for an event scene."""
+    if action not in OUTCOMES:
+        raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
+    if outcome not in OUTCOMES[action]:
+        raise ValueError(f"unknown outcome {outcome!r} for {action!r}; expected one of {OUTCOMES[action]}")
+    return LABELS.index(f"{action}_{outcome}" if action in EVENT_SCENES else action)
 
 
 @dataclass(frozen=True)
@@ -59,7 +88,8 @@ class ClipSpec:
 
 @dataclass(frozen=True)
 class PairSpec:
-    """A minimal pair: `clean` (success) and `corrupt` (failure) outcomes of one seed."""
+    """A minimal pair: `clean` (success) and `corrupt` (failure) outcomes of one seed. `label` is the clean
+    clip's class, `corrupt_label` the corrupt clip's: equal for an action, different for an event scene."""
 
     action: str
     label: int
@@ -71,6 +101,7 @@ class PairSpec:
     width: int
     decisive_frame: int
     box: tuple[int, int, int, int]
+    corrupt_label: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,14 +253,18 @@ def _ease(z: np.ndarray, end_speed: float) -> np.ndarray:
     return z * ((2 - end_speed) - (1 - end_speed) * z)
 
 
-def _bowling(rng: np.random.Generator, t: _Time) -> _Scene:
+def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True) -> _Scene:
+    """Bowling (`lane`), or skittles: the same pins on a bare floor and a sliding block instead of a ball,
+    which knocks them over exactly as a strike does, or veers off and slides past as a gutter ball does."""
     h, w, s, n = t.h, t.w, t.s, t.n
+    zoom = 1.0 if lane else rng.uniform(*EVENT_ZOOM)
     bg = _color(rng)
     lane_c, pit_c = _contrast(rng, bg, 0.2), _contrast(rng, bg, 0.3)
     gut_c, pin_c = _contrast(rng, lane_c, 0.2), _contrast(rng, lane_c, 0.45)
     ball_c = _distinct(rng, [lane_c, gut_c, pin_c], 0.45)
-    r_ball, r_pin = s * rng.uniform(0.045, 0.06), s * rng.uniform(0.02, 0.026)
-    gut_hw, lane_hw = r_ball * rng.uniform(1.0, 1.2), s * rng.uniform(0.14, 0.18)
+    # Pins large enough that a 64x64 clip shows them falling over a few 8x8 tokens, not within one.
+    r_ball, r_pin = zoom * s * rng.uniform(0.045, 0.06), zoom * s * rng.uniform(0.03, 0.036)
+    gut_hw, lane_hw = r_ball * rng.uniform(1.0, 1.2), min(zoom, 1.5) * s * rng.uniform(0.17, 0.2)
     cx, top, bot = w / 2 + w * rng.uniform(-0.06, 0.06), h * rng.uniform(0.06, 0.1), h * rng.uniform(0.94, 0.98)
     rows = 3 if s < 96 else 4
     gap = min(r_pin * rng.uniform(2.6, 3.2), 2 * (lane_hw - r_pin - 1) / (rows - 1))
@@ -242,10 +277,14 @@ def _bowling(rng: np.random.Generator, t: _Time) -> _Scene:
     spin = rng.uniform(-0.7, 0.7, len(pins))
     fly, fade = rng.uniform(0.2, 0.5, len(pins)), rng.uniform(0.12, 0.25)
 
-    layout = [_spr("rect", gut_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw + 2 * gut_hw),
-              _spr("rect", lane_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw),
-              _spr("rect", pit_c, top / 2, cx, top / 2, lane_hw + 2 * gut_hw),
-              _spr("rect", pit_c, bot - h * 0.12, cx, max(0.4, s * 0.006), lane_hw)]  # foul line
+    if lane:
+        layout = [_spr("rect", gut_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw + 2 * gut_hw),
+                  _spr("rect", lane_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw),
+                  _spr("rect", pit_c, top / 2, cx, top / 2, lane_hw + 2 * gut_hw),
+                  _spr("rect", pit_c, bot - h * 0.12, cx, max(0.4, s * 0.006), lane_hw)]  # foul line
+    else:  # a floor from wall to wall, a skirting board at the back
+        layout = [_spr("rect", lane_c, (top + h) / 2, w / 2, (h - top) / 2 + 1, w / 2 + 1),
+                  _spr("rect", pit_c, top, w / 2, max(0.6, s * 0.012), w / 2 + 1)]
 
     v = (y0 - y_b) / t.ub  # px per unit clip time, straight toward the aim point
     y_line = y0 - v * t.u
@@ -257,7 +296,7 @@ def _bowling(rng: np.random.Generator, t: _Time) -> _Scene:
     wide = cx + np.array([-1, 1]) * (lane_hw + gut_hw)
 
     def build(outcome: str) -> list[_Sprite]:
-        if outcome == "strike":
+        if outcome in ("strike", "toppled"):
             by, bx = y_b - v * (np.minimum(wp, t_hit) + 0.7 * wpin), x_line  # slowed by the pins
             ang = np.arctan2(pins[:, 1] - aim, pins[:, 0] - head_y - r_ball)[:, None] + spin[:, None]
             dist = v * fly[:, None] * wpin
@@ -266,7 +305,7 @@ def _bowling(rng: np.random.Generator, t: _Time) -> _Scene:
             ey, ex = py + np.cos(ang) * lie, px + np.sin(ang) * lie
             pa = np.clip(1 - wpin / fade, 0, 1) * (np.minimum(py, ey) > top)
         else:
-            x_g = cx + side * (lane_hw + gut_hw)
+            x_g = cx + side * (lane_hw + gut_hw)  # into the gutter; for skittles, wide past the pins
             vx = abs(x_g - x_b) / (0.85 * t_hit)
             by, bx = y_b - 0.9 * v * wp, x_b + side * np.minimum(vx * wp, abs(x_g - x_b))
             py, px = np.repeat(pins[:, :1], n, 1), np.repeat(pins[:, 1:], n, 1)
@@ -276,17 +315,22 @@ def _bowling(rng: np.random.Generator, t: _Time) -> _Scene:
         sprites = [_spr("capsule", pin_c, t.branch(pins[i, 0], py[i]), t.branch(pins[i, 1], px[i]),
                         t.branch(pins[i, 0], ey[i]), t.branch(pins[i, 1], ex[i]), r_pin,
                         alpha=t.branch(1.0, pa[i]), n=n) for i in range(len(pins))]
-        return sprites + [_spr("disc", ball_c, by, bx, r_ball, alpha=ball_alpha, n=n)]
+        hitter = (_spr("disc", ball_c, by, bx, r_ball, alpha=ball_alpha, n=n) if lane else
+                  _spr("rect", ball_c, by, bx, 0.9 * r_ball, 1.3 * r_ball, alpha=ball_alpha, n=n))
+        return sprites + [hitter]
 
     return _Scene(bg, layout, build)
 
 
-def _golf_putt(rng: np.random.Generator, t: _Time) -> _Scene:
+def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True) -> _Scene:
+    """A putt on a striped green (`club`), or a marble: the same ball and hole on a bare framed table,
+    the ball rolling off by itself, with no club, into the hole or just past it."""
     h, w, s, n = t.h, t.w, t.s, t.n
+    zoom = 1.0 if club else rng.uniform(*EVENT_ZOOM)
     green = _color(rng)
     hole_c, club_c = _contrast(rng, green, 0.35), _contrast(rng, green, 0.3)
     rim_c, ball_c = _contrast(rng, hole_c, 0.25), _distinct(rng, [green, hole_c], 0.45)
-    r_ball = s * rng.uniform(0.035, 0.045)
+    r_ball = zoom * s * rng.uniform(0.045, 0.055)
     r_hole = r_ball * rng.uniform(1.5, 1.8)
     yh, xh = h * rng.uniform(0.35, 0.65), w * rng.uniform(0.62, 0.7)
     back, follow = r_ball * rng.uniform(1.5, 3), r_ball * rng.uniform(1, 2.5)
@@ -301,24 +345,28 @@ def _golf_putt(rng: np.random.Generator, t: _Time) -> _Scene:
     stripes = [_spr("rect", green * (1 + stripe_a), *((h / 2, c, h, stripe_w / 2) if vertical else
                                                       (c, w / 2, stripe_w / 2, w)))
                for c in np.arange(0, max(h, w) + stripe_w, 2 * stripe_w)]
-    layout = stripes + [_spr("ring", rim_c, yh, xh, r_hole, max(0.8, r_hole * 0.3)),
-                        _spr("disc", hole_c, yh, xh, r_hole)]
+    hole = [_spr("ring", rim_c, yh, xh, r_hole, max(0.8, r_hole * 0.3)), _spr("disc", hole_c, yh, xh, r_hole)]
+    edge = max(1.0, s * 0.03)  # the marble table's frame
+    frame = [_spr("rect", club_c, e_y, w / 2, edge, w / 2 + 1) for e_y in (0, h)] + [
+        _spr("rect", club_c, h / 2, e_x, h / 2 + 1, edge) for e_x in (0, w)]
+    layout = stripes + hole if club else frame + hole
 
     e = np.array([yh - y0, xh - x0])
     length = float(np.hypot(*e))
     e /= length
     l_b = length - near
-    v_b = 0.9 * l_b / (t.ub - u_hit)
+    v_b = 0.9 * l_b / (t.ub - u_hit)  # the speed the ball arrives with at the branch
+    v_b = max(v_b, 1.4 * near / (1 - t.ub))  # after it: fast enough that a holed ball is gone well before the end
     pre = l_b * _ease(np.clip((t.u - u_hit) / (t.ub - u_hit), 0, None), 0.9)
     wp = t.wpost
     c, sn = math.cos(side * turn), math.sin(side * turn)
     e_miss = np.array([c * e[0] - sn * e[1], sn * e[0] + c * e[1]])
     hw_club = 0.45 * r_ball
-    club = -(r_ball + hw_club) - np.where(t.u < u_hit, back * (1 - t.u / u_hit), -follow * np.minimum(
+    club_pos = -(r_ball + hw_club) - np.where(t.u < u_hit, back * (1 - t.u / u_hit), -follow * np.minimum(
         (t.u - u_hit) / 0.05, 1))
 
     def build(outcome: str) -> list[_Sprite]:
-        if outcome == "holed":
+        if outcome in ("holed", "sunk"):
             dist = np.minimum(l_b + v_b * wp, length)
             depth = np.clip(1 - (length - dist) / r_hole, 0, 1)
             by, bx, r, a = y0 + e[0] * dist, x0 + e[1] * dist, r_ball * (1 - 0.4 * depth), 1 - depth
@@ -329,10 +377,12 @@ def _golf_putt(rng: np.random.Generator, t: _Time) -> _Scene:
             bx = np.clip(x0 + e[1] * l_b + e_miss[1] * dist, r_ball + 2, w - r_ball - 2)
             r, a = r_ball, 1.0
         by, bx = t.branch(y0 + e[0] * pre, by), t.branch(x0 + e[1] * pre, bx)
-        cy, cx = y0 + e[0] * club, x0 + e[1] * club
+        ball = _spr("disc", ball_c, by, bx, t.branch(r_ball, r), alpha=t.branch(1.0, a), n=n)
+        if not club:
+            return [ball]
+        cy, cx = y0 + e[0] * club_pos, x0 + e[1] * club_pos
         return [_spr("capsule", club_c, cy, cx, cy - 0.2 * s, cx - 0.06 * s, max(0.5, 0.012 * s), n=n),
-                _spr("rect", club_c, cy, cx, 2 * r_ball, hw_club, n=n),
-                _spr("disc", ball_c, by, bx, t.branch(r_ball, r), alpha=t.branch(1.0, a), n=n)]
+                _spr("rect", club_c, cy, cx, 2 * r_ball, hw_club, n=n), ball]
 
     return _Scene(green, layout, build)
 
@@ -496,7 +546,9 @@ def _rolling(rng: np.random.Generator, t: _Time) -> _Scene:
 
 
 _SCENES = {"bowling": _bowling, "golf_putt": _golf_putt, "juggling": _juggling,
-           "swinging": _swinging, "sliding": _sliding, "rolling": _rolling}
+           "swinging": _swinging, "sliding": _sliding, "rolling": _rolling,
+           "skittles": lambda rng, t: _bowling(rng, t, lane=False),
+           "marble": lambda rng, t: _golf_putt(rng, t, club=False)}
 assert tuple(_SCENES) == ACTIONS
 
 
@@ -522,9 +574,8 @@ def _render(action: str, seed: int, outcomes: Sequence[str], frames: int,
     for o in outcomes:
         if o not in OUTCOMES[action]:
             raise ValueError(f"unknown outcome {o!r} for {action!r}; expected one of {OUTCOMES[action]}")
-    label = ACTIONS.index(action)
-    rng = np.random.default_rng([int(seed), label])
-    d = int(np.clip(round(rng.uniform(0.4, 0.6) * (frames - 1)), 2, frames - 2))
+    rng = np.random.default_rng([int(seed), ACTIONS.index(action)])
+    d = int(np.clip(round(rng.uniform(*DECISIVE) * (frames - 1)), 2, frames - 2))
     u = np.arange(frames) / (frames - 1)
     tl = _Time(frames, h, w, d, u, (d - 1) / (frames - 1))
     scene = _SCENES[action](rng, tl)
@@ -553,7 +604,7 @@ def _render(action: str, seed: int, outcomes: Sequence[str], frames: int,
         clip = canvas[np.arange(frames)[:, None, None], rows[:, :, None], cols[:, None, :]] + noise
         clip = np.clip(clip * 255 + 0.5, 0, 255).astype(np.uint8)
         clips.append(np.ascontiguousarray(clip[:, :, ::-1]) if flip else clip)
-    info = dict(action=action, label=label, seed=int(seed), frames=frames, height=h, width=w, decisive_frame=d,
+    info = dict(action=action, seed=int(seed), frames=frames, height=h, width=w, decisive_frame=d,
                 box=_outcome_box(*sprites.values(), d=d, h=h, w=w, pad=pad, flip=flip))
     return clips, info
 
@@ -581,7 +632,7 @@ def render(action: str, seed: int, outcome: str | None = None, frames: int = 16,
     if outcome is None:
         outcome = OUTCOMES[action][int(np.random.default_rng([int(seed), ACTIONS.index(action), 1]).integers(2))]
     (clip,), info = _render(action, seed, [outcome], frames, size)
-    return clip, ClipSpec(outcome=outcome, **info)
+    return clip, ClipSpec(outcome=outcome, label=label_of(action, outcome), **info)
 
 
 def render_pair(action: str, seed: int, frames: int = 16,
@@ -589,32 +640,54 @@ def render_pair(action: str, seed: int, frames: int = 16,
     """(clean, corrupt, spec): the success and failure outcomes of one seed, identical before
     `spec.decisive_frame`. Clean = success, as in patching 'strike' activations into the 'gutter' run."""
     (clean, corrupt), info = _render(action, seed, OUTCOMES[action], frames, size)
-    return clean, corrupt, PairSpec(clean_outcome=OUTCOMES[action][0], corrupt_outcome=OUTCOMES[action][1], **info)
+    ok, bad = OUTCOMES[action]
+    return clean, corrupt, PairSpec(clean_outcome=ok, corrupt_outcome=bad, label=label_of(action, ok),
+                                    corrupt_label=label_of(action, bad), **info)
+
+
+def classes(actions: Sequence[str] = ACTIONS) -> list[tuple[int, str, str | None]]:
+    """The classes the given scenes produce: `(label, action, outcome)`, where `outcome` is None for an
+    action scene (either outcome has this label) and the class's own outcome for an event scene."""
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown or not actions:
+        raise ValueError(f"actions must be a non-empty subset of {ACTIONS}, got {tuple(actions)}")
+    out = []
+    for a in dict.fromkeys(actions):
+        for o in (OUTCOMES[a] if a in EVENT_SCENES else (None,)):
+            out.append((label_of(a, o or OUTCOMES[a][0]), a, o))
+    return sorted(out)
+
+
+def dataset_plan(n: int, seed: int = 0, actions: Sequence[str] = ACTIONS) -> list[tuple[str, str, int]]:
+    """What `dataset(n, seed, actions=actions)` renders, without rendering it: `(action, outcome, clip seed)` per
+    clip, in order (to check, e.g., that measurement pairs never reuse a training clip's scene)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    table = classes(actions)
+    rng = np.random.default_rng(seed)
+    picks_class = rng.permutation(np.resize(np.arange(len(table)), n))
+    seeds, picks = rng.integers(0, 2**31, n), rng.integers(0, 2, n)
+    return [(table[c][1], table[c][2] or OUTCOMES[table[c][1]][k], int(s)) for c, s, k in zip(picks_class, seeds, picks)]
 
 
 def dataset(n: int, seed: int = 0, frames: int = 16, size: int | tuple[int, int] = 64,
             actions: Sequence[str] = ACTIONS, with_specs: bool = False,
             ) -> tuple[UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"]] | tuple[
                 UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"], list[ClipSpec]]:
-    """`n` clips, uint8 [n, frames, h, w, 3], and int64 labels (index into ACTIONS), balanced
-    (counts differ by at most one) and shuffled; outcomes and clip seeds drawn from `seed`.
-    `with_specs=True` also returns the ClipSpec of every clip (outcome labels for probes)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    unknown = [a for a in actions if a not in ACTIONS]
-    if unknown or not actions:
-        raise ValueError(f"actions must be a non-empty subset of {ACTIONS}, got {tuple(actions)}")
-    rng = np.random.default_rng(seed)
-    labels = np.array([ACTIONS.index(a) for a in actions], np.int64)
-    y = rng.permutation(np.resize(labels, n))
-    seeds, picks = rng.integers(0, 2**31, n), rng.integers(0, 2, n)
+    """`n` clips, uint8 [n, frames, h, w, 3], and int64 labels (index into LABELS), balanced over the
+    classes of `actions` (counts differ by at most one) and shuffled; clip seeds drawn from `seed`.
+
+    The label is all a training loss sees. For an action scene (bowling, golf_putt, ...) the outcome is
+    drawn at random, independently of the label: the label says nothing about it. For an event scene
+    the outcome is the class. `with_specs=True` also returns every clip's ClipSpec (outcomes, for probes).
+    """
     clips, specs = [], []
-    for label, s, k in zip(y, seeds, picks):
-        action = ACTIONS[label]
-        clip, spec = render(action, int(s), OUTCOMES[action][k], frames, size)
+    for action, outcome, clip_seed in dataset_plan(n, seed, actions):
+        clip, spec = render(action, clip_seed, outcome, frames, size)
         clips.append(clip)
         specs.append(spec)
     x = np.stack(clips)
+    y = np.array([spec.label for spec in specs], np.int64)
     return (x, y, specs) if with_specs else (x, y)
 
 
