@@ -10,4 +10,5 @@ run video python benchmarks/bench_video.py
 run paths python benchmarks/bench_paths.py --senders 3 --json benchmarks/results/paths.json
 run patching python benchmarks/bench_patching.py --layers 3,8
 run patching_full python benchmarks/bench_patching.py --layers all --no-second-ours   # about 32 minutes
+run outcome_world python benchmarks/outcome_world.py --pairs 100 --probe-pairs 200 --json benchmarks/results/outcome_world.json
 run analyze bash -c 'cd "$(mktemp -d)" && /usr/bin/time -v vivit-lens analyze --no-progress 2>&1 | grep -E "Elapsed|Maximum resident"'

@@ -9,11 +9,15 @@ import pytest
 import torch
 
 from tests.conftest import max_diff
-from vivit_lens import HookedViViT, assets, synthetic, video
-from vivit_lens.train import HELDOUT_SEED, evaluate, heldout_clips
+from vivit_lens import HookedViViT, analysis, assets, synthetic, video
+from vivit_lens.probes import grouped_cv_probes
+from vivit_lens.train import HELDOUT_SEED, MONITOR_SEED, evaluate, heldout_clips
 
 FRESH_SEED = HELDOUT_SEED + 1_000_000  # neither a training clip nor one of training.json's held-out clips
 FRESH_CLIPS = 240
+OUTCOME_SEED = HELDOUT_SEED + 3_000_000  # fresh pairs: no training clip, held-out clip or monitor pair
+OUTCOME_PAIRS = 100  # per domain; the 200-pair figures are in training.json and benchmarks/results/outcome_world.json
+DOMAINS = ("bowling", "golf_putt")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def record():
 def test_architecture_and_size(model):
     cfg = model.cfg
     assert cfg.n_layers >= 6 and cfg.n_heads >= 4 and cfg.num_frames >= 16
-    assert [cfg.id2label[i] for i in range(cfg.n_classes)] == list(synthetic.ACTIONS)
+    assert [cfg.id2label[i] for i in range(cfg.n_classes)] == list(synthetic.LABELS)
     folder = assets.tiny_model_path()
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "training.json"} <= {
         p.name for p in folder.iterdir()}
@@ -39,8 +43,8 @@ def test_architecture_and_size(model):
 
 def test_training_record(model, record):
     assert record["n_parameters"] == sum(p.numel() for p in model.parameters())
-    assert record["wall_seconds"] <= 30 * 60
-    assert record["heldout_accuracy"] >= 0.95
+    assert record.get("total_wall_seconds", record["wall_seconds"]) <= 60 * 60  # every stage of the recipe
+    assert record["heldout_accuracy"] >= 0.85  # all ten classes; the event classes are the hard ones
     assert record["command"].startswith("python -m vivit_lens.train")
     tc = record["train_config"]
     assert (tc["frames"], tc["size"], tc["layers"], tc["heads"]) == (
@@ -50,8 +54,13 @@ def test_training_record(model, record):
 def test_heldout_accuracy_on_freshly_generated_clips(model):
     x, y = heldout_clips(FRESH_CLIPS, model.cfg.num_frames, model.cfg.image_size[0], start=FRESH_SEED)
     accuracy, loss = evaluate(model, x, y, model.processor)
-    print(f"\nshipped model: held-out accuracy {accuracy:.4f} ({FRESH_CLIPS} fresh clips), cross-entropy {loss:.4f}")
-    assert accuracy >= 0.95
+    with torch.no_grad():
+        top = torch.cat([model(video.preprocess(b, model.processor)).argmax(-1) for b in np.array_split(x, 8)])
+    per_class = {synthetic.LABELS[c]: float((top[y == c] == c).double().mean()) for c in np.unique(y)}
+    print(f"\nshipped model: held-out accuracy {accuracy:.4f} ({FRESH_CLIPS} fresh clips), cross-entropy {loss:.4f}; "
+          f"per class {per_class}")
+    assert accuracy >= 0.85  # the marble classes sit near chance (measured 0.54-0.58): see the README
+    assert all(per_class[a] >= 0.95 for a in synthetic.ACTIONS if a not in synthetic.EVENT_SCENES), per_class
 
 
 def test_transformers_loads_it_with_the_same_logits(model):
@@ -97,3 +106,85 @@ def test_write_pairs_reproduces_the_shipped_pairs(tmp_path):
         for name in ("clean.mp4", "corrupt.mp4"):
             ours = video.load(tmp_path / action / name).frames
             np.testing.assert_array_equal(ours, video.load(assets.pair_paths(action)[0].parent / name).frames)
+
+
+@pytest.fixture(scope="module")
+def outcome_runs(model):
+    """Per domain: the [CLS] residual after every block `[layer 2n d]` (read by a plain forward hook on each
+    block, not through the cache) and the top-1 class `[2n]` of the clean and corrupt clip of fresh pairs."""
+    out = {}
+    for action in DOMAINS:
+        pairs = analysis.generate_pairs(model, action, OUTCOME_PAIRS, seed=OUTCOME_SEED)
+        x = torch.cat([torch.cat([p.clean, p.corrupt]) for p in pairs])
+        grabbed = {}
+        handles = [block.register_forward_hook(lambda m, i, o, l=l: grabbed.__setitem__(l, o[:, 0].clone()))
+                   for l, block in enumerate(model.blocks)]
+        try:
+            with torch.no_grad():
+                top = torch.cat([model(b).argmax(-1) for b in x.split(16)])
+                cls = [[] for _ in model.blocks]
+                for b in x.split(16):
+                    model(b)
+                    for l in range(len(cls)):
+                        cls[l].append(grabbed[l])
+        finally:
+            for h in handles:
+                h.remove()
+        out[action] = (torch.stack([torch.cat(c) for c in cls]), top)
+    return out
+
+
+@pytest.mark.parametrize("action", DOMAINS)
+def test_the_outcome_is_hidden_from_the_label(model, outcome_runs, action):
+    _, top = outcome_runs[action]
+    same = float((top[0::2] == top[1::2]).double().mean())
+    accuracy = float((top == model.label_id(action)).double().mean())
+    print(f"\n{action}: same top-1 on {same:.3f} of {OUTCOME_PAIRS} pairs, action accuracy {accuracy:.3f}")
+    assert same >= 0.9 and accuracy >= 0.9
+
+
+@pytest.mark.parametrize("action", [
+    "bowling",
+    pytest.param("golf_putt", marks=pytest.mark.xfail(strict=True, reason=(
+        "target not reached: the shipped model reads the golf outcome at 0.56 [0.53, 0.59] (200 pairs), the marble "
+        "event classes it should have learned it from sit near chance"))),
+])
+def test_the_outcome_is_present_in_the_cls_residual(outcome_runs, action):
+    """Grouped 5-fold probes over fresh pairs. The model before the outcome world never computed the outcome
+    (0.48-0.58 on 100 pairs); this one reads the bowling outcome at 0.74 [0.71, 0.78] on 200 pairs (issue 10's target
+    is 0.85: not reached)."""
+    acts, _ = outcome_runs[action]
+    labels, groups = torch.tensor([1, 0] * OUTCOME_PAIRS), torch.arange(OUTCOME_PAIRS).repeat_interleave(2)
+    recs = grouped_cv_probes(acts, labels, groups, k=5, n_boot=500)
+    best = max(recs, key=lambda r: r["test"])
+    print(f"\n{action}: outcome probe by layer {[round(r['test'], 3) for r in recs]}, control at the best layer "
+          f"{best['control']:.3f}")
+    assert best["test"] >= 0.65 and best["control"] <= 0.6
+
+
+@pytest.mark.xfail(strict=True, reason="target not reached: the best head puts 1.6x the uniform share there")
+def test_a_head_attends_to_the_outcome_region_of_the_shipped_pair(model):
+    """[CLS] attention mass on the outcome box, read off `hook_pattern` with a plain hook: some head puts at least
+    3x the uniform share there."""
+    pair = analysis.load_pair(model, *assets.pair_paths("bowling")[:2])
+    positions = torch.tensor(pair.region.positions)
+    patterns = {}
+    hooks = [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: patterns.__setitem__(hook.name, t[0, :, 0].clone()))
+             for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        model.run_with_hooks(pair.clean, fwd_hooks=hooks)
+    mass = torch.stack([patterns[n][:, positions].sum(-1) for n, _ in hooks])  # [layer head]
+    ratio = mass / (len(positions) / model.cfg.n_pos)
+    print(f"\nbest [CLS] attention on the outcome region: {float(ratio.max()):.2f}x the uniform share")
+    assert float(ratio.max()) >= 3
+
+
+def test_measurement_pairs_never_reuse_a_training_scene(record):
+    """The study's default pairs (seeds 0..99), the tests' pairs and the monitor's pairs are not training clips."""
+    used = set()
+    for stage in [record, *record.get("earlier_stages", [])]:
+        tc = stage["train_config"]
+        used |= {(a, s) for a, _, s in synthetic.dataset_plan(tc["n_train"], tc["seed"])}
+    measured = {(a, s) for a in DOMAINS for s in [*range(200), *range(OUTCOME_SEED, OUTCOME_SEED + 200),
+                                                   *range(MONITOR_SEED, MONITOR_SEED + 200)]}  # fmt: skip
+    assert not used & measured
