@@ -538,3 +538,18 @@ def test_processor_config_fields_are_checked():
     from transformers import VivitImageProcessor
 
     assert ProcessorConfig.from_hf_dict(VivitImageProcessor().to_dict()) == ProcessorConfig(), "valid input still reads"
+
+
+def test_a_nan_metric_is_reported_not_propagated(small_model):
+    """A patching metric that returns NaN for a patched run is an error naming the runs, not a NaN map."""
+    from tests.conftest import pixels
+    from vivit_lens.patching import get_act_patch_attn_head_out_all_pos
+
+    clean, corrupt = pixels(small_model.cfg, batch=1, seed=1), pixels(small_model.cfg, batch=1, seed=2)
+    _, cache = small_model.run_with_cache(clean)
+
+    def metric(logits):
+        return logits[:, 0].mean() * float("nan")
+
+    with pytest.raises(ValueError, match="NaN or inf"):
+        get_act_patch_attn_head_out_all_pos(small_model, corrupt, cache, metric, progress=False)

@@ -214,6 +214,16 @@ def site_mask(shape: Sequence[int], axes: str, positions: tuple[int, ...] | None
 
 
 def _score(metric, out: Tensor, runs: int, batch: int = 1) -> Tensor:
+    """`_score_runs`, refusing a NaN or inf metric value (it would pass into every map and report unnoticed)."""
+    values = _score_runs(metric, out, runs, batch)
+    if values.device.type != "meta" and not bool(torch.isfinite(values).all()):
+        bad = torch.nonzero(~torch.isfinite(values)).reshape(-1).tolist()
+        raise ValueError(f"metric {_metric_name(metric)} returned NaN or inf for patched run(s) {bad[:10]} of {runs}: "
+                         f"check it on the clean and corrupt logits (a zero clean - corrupt gap divides by zero)")
+    return values
+
+
+def _score_runs(metric, out: Tensor, runs: int, batch: int = 1) -> Tensor:
     """One metric value per patched run, `[runs]`; `out` holds the runs' `batch` rows each, run-major.
 
     A `Metric` scores each example (batched over every run at once when `batch` is 1) and a run
