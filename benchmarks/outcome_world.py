@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vivit_lens import HookedViViT, analysis, assets
+from vivit_lens.probes import best_record
 
 
 def summarise(st: dict) -> dict:
@@ -53,7 +54,7 @@ def summarise(st: dict) -> dict:
                                                "mass_over_uniform": at("region_mass_ratio", rl, rh)}},
         }  # fmt: skip
     for name, rec in st.get("transfer", {}).items():
-        best = max(rec, key=lambda r: (r["test"], -r["layer"]))
+        best = best_record(rec)
         out["transfer"][name] = {"best_layer": best["layer"], "test": best["test"], "lo": best["test_lo"],
                                  "hi": best["test_hi"], "by_layer": [round(r["test"], 4) for r in rec]}  # fmt: skip
     out["warnings"] = st.get("warnings", [])

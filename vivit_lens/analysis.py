@@ -682,7 +682,7 @@ def study(
     Returns a JSON-ready dict: `domains[d]` holds `per_pair` rows, the aggregated `ci` of each quantity and the
     `hidden` checks; `probe[d]` the per-layer probe records; `warnings` what makes the CIs unreliable.
     """
-    from vivit_lens.probes import grouped_cv_probes, transfer_probes
+    from vivit_lens.probes import best_record, grouped_cv_probes, transfer_probes
 
     cfg = model.cfg
     probe_pairs = pairs if probe_pairs is None else probe_pairs
@@ -728,7 +728,7 @@ def study(
         acts_by_domain[domain] = (acts, labels, groups)
         k = min(k_folds, len(plist))
         recs = grouped_cv_probes(acts, labels, groups, k=k, n_boot=n_boot, seed=seed)
-        best = max(recs, key=lambda r: (r["test"], -r["layer"]))
+        best = best_record(recs)
         out["probe"][domain] = {
             "records": recs, "best_layer": best["layer"], "best": best, "chance": recs[0]["chance"],
             "n_pairs": len(plist), "k": k,

@@ -212,6 +212,21 @@ def _shuffle_within_groups(labels: Tensor, groups: Tensor, seed: int) -> Tensor:
     return out
 
 
+def _accuracy_ci(correct: Tensor, group_index: Tensor, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Accuracy of 0/1 `correct` predictions and its 95% bootstrap CI over groups (`group_index`: 0..G-1)."""
+    from vivit_lens.analysis import bootstrap_ci
+
+    per_group = torch.zeros(int(group_index.max()) + 1, dtype=torch.float64).index_add_(0, group_index, correct)
+    per_group /= torch.bincount(group_index).double()
+    ci = bootstrap_ci(per_group.numpy(), n_boot=n_boot, seed=seed)
+    return float(correct.mean()), float(ci["lo"]), float(ci["hi"])
+
+
+def best_record(records: Sequence[dict], key: str = "test") -> dict:
+    """The layer record with the highest `key`; ties go to the earliest layer."""
+    return max(records, key=lambda r: (r[key], -r["layer"]))
+
+
 def grouped_cv_probes(
     acts_by_layer: Float[Tensor, "layer n d"],
     labels: Int[Tensor, "n"],
@@ -232,8 +247,6 @@ def grouped_cv_probes(
     each group, same folds), the mean training accuracy of the k probes (`train`, `control_train`), and `n`,
     `n_groups`, `k`, `chance` (majority-class rate).
     """
-    from vivit_lens.analysis import bootstrap_ci
-
     labels, groups = labels.long(), groups.long()
     n_groups = groups.unique().numel()
     if acts_by_layer.shape[1] != labels.shape[0] or groups.shape[0] != labels.shape[0]:
@@ -244,7 +257,7 @@ def grouped_cv_probes(
     n_classes = int(labels.max()) + 1
     fold = _fold_of_groups(groups, k, seed)
     control_labels = _shuffle_within_groups(labels, groups, seed + 1)
-    group_ids, group_index = groups.unique(return_inverse=True)
+    group_index = groups.unique(return_inverse=True)[1]
     chance = float(torch.bincount(labels, minlength=n_classes).max()) / len(labels)
     layer_names = list(range(acts_by_layer.shape[0])) if layers is None else [int(l) for l in layers]
     records = []
@@ -259,10 +272,7 @@ def grouped_cv_probes(
                 W, b = fit_probe(xtr, y[tr], n_classes, weight_decay, max_iter)
                 train_acc.append(_accuracy(xtr, y[tr], W, b))
                 correct[te] = ((xte @ W + b).argmax(-1) == y[te]).double()
-            per_group = torch.zeros(len(group_ids), dtype=torch.float64).index_add_(0, group_index, correct)
-            per_group /= torch.bincount(group_index).double()
-            ci = bootstrap_ci(per_group.numpy(), n_boot=n_boot, seed=seed)
-            rec[key], rec[f"{key}_lo"], rec[f"{key}_hi"] = float(correct.mean()), float(ci["lo"]), float(ci["hi"])
+            rec[key], rec[f"{key}_lo"], rec[f"{key}_hi"] = _accuracy_ci(correct, group_index, n_boot, seed)
             rec["train" if key == "test" else "control_train"] = float(sum(train_acc) / k)
         rec.update(n=len(labels), n_groups=n_groups, k=k, chance=chance)
         records.append(rec)
@@ -285,22 +295,17 @@ def transfer_probes(
     `test` accuracy with a 95% bootstrap CI over `test_groups` (default: every sample its own group).
     Features are standardised with each set's own statistics, so a shift of the mean between the two
     domains does not count against a shared direction."""
-    from vivit_lens.analysis import bootstrap_ci
-
     n_classes = int(max(train_labels.max(), test_labels.max())) + 1
     groups = torch.arange(len(test_labels)) if test_groups is None else test_groups.long()
-    group_ids, group_index = groups.unique(return_inverse=True)
+    group_index = groups.unique(return_inverse=True)[1]
     records = []
     for layer, (a, b_) in enumerate(zip(train_acts, test_acts)):
         (xtr,), (xte,) = _standardise(a.double()), _standardise(b_.double())
         W, b = fit_probe(xtr, train_labels.long(), n_classes, weight_decay, max_iter)
         correct = ((xte @ W + b).argmax(-1) == test_labels.long()).double()
-        per_group = torch.zeros(len(group_ids), dtype=torch.float64).index_add_(0, group_index, correct)
-        per_group /= torch.bincount(group_index).double()
-        ci = bootstrap_ci(per_group.numpy(), n_boot=n_boot, seed=seed)
-        records.append({"layer": layer, "train": _accuracy(xtr, train_labels.long(), W, b),
-                        "test": float(correct.mean()), "test_lo": float(ci["lo"]), "test_hi": float(ci["hi"]),
-                        "n_train": len(train_labels), "n_test": len(test_labels)})  # fmt: skip
+        acc, lo, hi = _accuracy_ci(correct, group_index, n_boot, seed)
+        records.append({"layer": layer, "train": _accuracy(xtr, train_labels.long(), W, b), "test": acc,
+                        "test_lo": lo, "test_hi": hi, "n_train": len(train_labels), "n_test": len(test_labels)})
     return records
 
 
@@ -337,5 +342,5 @@ def collect_activations(
     return torch.cat(out, dim=1)
 
 
-__all__ = ["ProbeResults", "collect_activations", "fit_probe", "grouped_cv_probes", "split_indices", "train_probes",
+__all__ = ["ProbeResults", "best_record", "collect_activations", "fit_probe", "grouped_cv_probes", "split_indices", "train_probes",
            "transfer_probes"]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vivit_lens.analysis import findings_lines, jsonable
+from vivit_lens.probes import best_record
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;
@@ -316,7 +317,7 @@ def render_study(st: Mapping, pngs: Mapping[str, bytes]) -> str:
                          f"shuffled-label control {_ci_cell(b, fmt='{:.2f}', keys=('control', 'control_lo', 'control_hi'))}, "
                          f"chance {p['chance']:.2f}).")
     for name, rec in (st.get("transfer") or {}).items():
-        b = max(rec, key=lambda r: (r["test"], -r["layer"]))
+        b = best_record(rec)
         items.append(f"Transfer {_e(name)}: best {_ci_cell(b, fmt='{:.2f}', keys=('test', 'test_lo', 'test_hi'))} at "
                      f"layer {b['layer']} (chance 0.50).")
     for w in st.get("warnings") or []:
@@ -360,13 +361,12 @@ def render_study(st: Mapping, pngs: Mapping[str, bytes]) -> str:
     body = fig("study_heads", "Mean recovery when a single head's output is patched.")
     for dom, d in st["domains"].items():
         hc, rm = d["ci"]["head_recovery"], d["ci"].get("region_mass_ratio")
-        mean = np.asarray(hc["mean"], float)
-        order = np.argsort(-np.abs(mean).reshape(-1), kind="stable")[:10]
-        n_heads = mean.shape[1]
-        rows = [(f"L{i // n_heads}H{i % n_heads}", f"{mean.reshape(-1)[i]:.1f} [{np.asarray(hc['lo'], float).reshape(-1)[i]:.1f}, "
-                 f"{np.asarray(hc['hi'], float).reshape(-1)[i]:.1f}]",
-                 "" if rm is None else f"{np.asarray(rm['mean'], float).reshape(-1)[i]:.2f}")
-                for i in order]  # fmt: skip
+        n_heads = np.shape(hc["mean"])[1]
+        flat = {k: np.asarray(hc[k], float).reshape(-1) for k in ("mean", "lo", "hi")}
+        ratio = None if rm is None else np.asarray(rm["mean"], float).reshape(-1)
+        order = np.argsort(-np.abs(flat["mean"]), kind="stable")[:10]
+        rows = [(f"L{i // n_heads}H{i % n_heads}", _ci_cell(flat, int(i)), "" if ratio is None else f"{ratio[i]:.2f}")
+                for i in order]
         body += (f"<h3>{_e(dom)}: the 10 heads with the largest mean recovery</h3>" +
                  table(["head", "recovery (%) mean [95% CI]", "[CLS] attention on the outcome region / uniform share"],
                        rows, left=3))  # fmt: skip
