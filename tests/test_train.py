@@ -109,3 +109,12 @@ def test_bad_settings_are_refused():
         TrainConfig(attention="fast")
     with pytest.raises(ValueError, match="smaller than one batch"):
         train(TrainConfig(steps=1, **{**TINY, "batch_size": 64}), data=synthetic.dataset(6, seed=0, frames=8, size=32))
+
+
+def test_cli_errors_are_one_line_before_any_rendering(tmp_path, capsys):
+    """Bad settings and a missing --init-from end in one line and exit code 2, before clips are rendered."""
+    assert main(["--out", str(tmp_path / "a"), "--steps", "0"]) == 2
+    assert main(["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "none"), "--n-train", "10000000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("python -m vivit_lens.train: error: ") for line in err), err
+    assert "Traceback" not in "\n".join(err) and not (tmp_path / "a").exists()

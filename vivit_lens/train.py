@@ -243,6 +243,13 @@ def train(tc: TrainConfig, data: tuple[Clips, np.ndarray] | None = None) -> Trai
     torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     cfg, processor = model_config(tc), processor_config(tc)
+    gen = torch.Generator().manual_seed(tc.seed)  # the model first: a bad --init-from fails before any rendering
+    if tc.init_from:
+        model = HookedViViT.from_pretrained(tc.init_from)
+        if model.cfg != cfg:
+            raise ValueError(f"{tc.init_from} holds another architecture than this run's: {model.cfg} vs {cfg}")
+    else:
+        model = init_weights_(HookedViViT(cfg, processor), gen, tc.init_std or tc.hidden**-0.5)
     if data is None:
         logger.info("rendering %d training clips (seed %d, %d frames, %dx%d)", tc.n_train, tc.seed, tc.frames,
                     tc.size, tc.size)
@@ -253,13 +260,6 @@ def train(tc: TrainConfig, data: tuple[Clips, np.ndarray] | None = None) -> Trai
     x_eval, y_eval = heldout_clips(tc.n_eval, tc.frames, tc.size) if tc.n_eval else (None, None)
     monitor = {a: outcome_pairs(a, tc.probe_pairs, tc.frames, tc.size) for a in PROBE_DOMAINS} if tc.probe_pairs else {}
 
-    gen = torch.Generator().manual_seed(tc.seed)
-    if tc.init_from:
-        model = HookedViViT.from_pretrained(tc.init_from)
-        if model.cfg != cfg:
-            raise ValueError(f"{tc.init_from} holds another architecture than this run's: {model.cfg} vs {cfg}")
-    else:
-        model = init_weights_(HookedViViT(cfg, processor), gen, tc.init_std or tc.hidden**-0.5)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %d layers, %d heads, d_model %d, %d tokens, %d parameters", cfg.n_layers, cfg.n_heads,
@@ -379,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if f.name not in ("progress", "flip")}
     kwargs["tubelet"] = tuple(kwargs["tubelet"])
-    tc = TrainConfig(**kwargs, flip=not args.no_flip, progress=not args.no_progress)
-    result = train(tc)
+    try:
+        tc = TrainConfig(**kwargs, flip=not args.no_flip, progress=not args.no_progress)
+        result = train(tc)
+    except (ValueError, FileNotFoundError) as e:  # bad settings or --init-from: one line, no traceback
+        print(f"python -m vivit_lens.train: error: {e}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     result.model.save_pretrained(args.out)
     command = shlex.join(["python", "-m", "vivit_lens.train", *(sys.argv[1:] if argv is None else argv)])
