@@ -682,7 +682,7 @@ def study(
     Returns a JSON-ready dict: `domains[d]` holds `per_pair` rows, the aggregated `ci` of each quantity and the
     `hidden` checks; `probe[d]` the per-layer probe records; `warnings` what makes the CIs unreliable.
     """
-    from vivit_lens.probes import best_record, grouped_cv_probes, transfer_probes
+    from vivit_lens.probes import best_record, collect_activations, grouped_cv_probes, transfer_probes
 
     cfg = model.cfg
     probe_pairs = pairs if probe_pairs is None else probe_pairs
@@ -723,7 +723,7 @@ def study(
             out["warnings"].append(f"{domain}: the probe needs at least 2 pairs, got {len(plist)}; no probe")
             continue
         clips = torch.cat([torch.cat([p.clean, p.corrupt]) for p in plist])
-        acts, top = _probe_forward(model, clips, batch_size, progress)
+        acts, top = collect_activations(model, clips, batch_size=batch_size, progress=progress, return_top1=True)
         labels, groups = torch.tensor([1, 0] * len(plist)), torch.arange(len(plist)).repeat_interleave(2)
         acts_by_domain[domain] = (acts, labels, groups)
         k = min(k_folds, len(plist))
@@ -769,18 +769,6 @@ def _domain_label(model, plist: Sequence[PairInput]) -> int | None:
     """The class a domain's clips should get: the generated pairs' action, when the model has that label."""
     action = plist[0].meta.get("action")
     return model.cfg.label2id.get(action) if action else None
-
-
-@torch.no_grad()
-def _probe_forward(model, clips: Tensor, batch_size: int, progress: bool) -> tuple[Tensor, Tensor]:
-    """[CLS] residual after every block `[layer n d_model]` and the top-1 class `[n]`, one forward per batch."""
-    names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
-    acts, top = [], []
-    for x in tqdm(clips.split(batch_size), desc="probe clips", disable=not progress, leave=False):
-        logits, cache = model.run_with_cache(x, names_filter=names)
-        acts.append(torch.stack([cache[n][:, 0] for n in names]))
-        top.append(logits.argmax(-1))
-    return torch.cat(acts, 1), torch.cat(top)
 
 
 # Provenance -------------------------------------------------------------------------------------

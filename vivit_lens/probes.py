@@ -318,13 +318,15 @@ def collect_activations(
     pool: str = "cls",
     batch_size: int = 4,
     progress: bool = True,
-) -> Float[Tensor, "layer n d_model"]:
+    return_top1: bool = False,
+) -> Float[Tensor, "layer n d_model"] | tuple[Float[Tensor, "layer n d_model"], Int[Tensor, "n"]]:
     """Per-layer activations of many clips, pooled to one vector per clip: `[layer n d_model]`.
 
     `clips`: pixel values `[n frames channels height width]`, or an iterable of such batches (for
     clips that do not fit in memory at once). `act`: `resid_post` (default: layer l's output),
     `resid_pre`, `resid_mid`, `attn_out`, `mlp_out`. `pool`: `"cls"` (token 0) or `"mean"` (mean
-    over the tubelet tokens, [CLS] excluded). The forward stops after the last layer needed.
+    over the tubelet tokens, [CLS] excluded). The forward stops after the last layer needed, unless
+    `return_top1`: then it runs to the logits and also returns every clip's top-1 class `[n]`.
     """
     if pool not in ("cls", "mean"):
         raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
@@ -332,14 +334,17 @@ def collect_activations(
     names = [get_act_name(act, l) for l in layers]
     batches = clips.split(batch_size) if isinstance(clips, Tensor) else clips
     out: list[Tensor] = []
+    top: list[Tensor] = []
     stop = max(layers) + 1
     for x in tqdm(batches, desc="collecting", disable=not progress, leave=False):
         with torch.no_grad():
-            kwargs = {"stop_at_layer": stop} if stop < model.cfg.n_layers else {}
-            _, cache = model.run_with_cache(x, names_filter=names, **kwargs)
+            kwargs = {"stop_at_layer": stop} if stop < model.cfg.n_layers and not return_top1 else {}
+            logits, cache = model.run_with_cache(x, names_filter=names, **kwargs)
         acts = torch.stack([cache[n] for n in names])  # [layer batch pos d_model]
         out.append(acts[:, :, 0] if pool == "cls" else acts[:, :, 1:].mean(2))
-    return torch.cat(out, dim=1)
+        if return_top1:
+            top.append(logits.argmax(-1))
+    return (torch.cat(out, dim=1), torch.cat(top)) if return_top1 else torch.cat(out, dim=1)
 
 
 __all__ = ["ProbeResults", "best_record", "collect_activations", "fit_probe", "grouped_cv_probes", "split_indices", "train_probes",
