@@ -27,6 +27,31 @@ def _nearest_centroid_accuracy(f_train, y_train, f_test, y_test) -> float:
     return float((pred == y_test).mean())
 
 
+def _ball_track(action: str, seed: int, frames: int = 16, size: int = 64):
+    """The ball's centre per frame in both outcomes of one seed, and the decisive frame, as the scene draws it."""
+    rng = np.random.default_rng([seed, synthetic.ACTIONS.index(action)])
+    d = int(np.clip(round(rng.uniform(*synthetic.DECISIVE) * (frames - 1)), 2, frames - 2))
+    u = np.arange(frames) / (frames - 1)
+    scene = synthetic._SCENES[action](rng, synthetic._Time(frames, size, size, d, u, (d - 1) / (frames - 1)))
+    return [scene.build(o)[-1].params[:2] for o in synthetic.OUTCOMES[action]], d
+
+
+@pytest.mark.parametrize("action", ["golf_putt", "marble"])
+def test_the_ball_rolls_toward_the_hole_before_the_branch(action):
+    """Before the decisive frame the ball never moves away from the hole (where the holed ball ends), and a marble
+    (drawn at up to 2x) covers a good part of the table: a 2x marble once started beside the hole and rolled away."""
+    runs = []
+    for seed in range(300):
+        (holed, _), d = _ball_track(action, seed)
+        dist = np.hypot(*(holed[:, :d] - holed[:, -1:]))
+        assert np.all(np.diff(dist) <= 1e-6) or action == "golf_putt", (seed, dist)
+        runs.append(dist[0] - dist[d - 1])
+    if action == "marble":
+        assert min(runs) >= 0.1 * 64, min(runs)
+    else:  # the putt's spacing leaves a few balls barely rolling; never one rolling back more than a pixel
+        assert min(runs) >= -1.0, min(runs)
+
+
 @pytest.mark.parametrize("action", synthetic.ACTIONS)
 def test_same_seed_same_bytes_other_seed_other_clip(action):
     outcome = synthetic.OUTCOMES[action][1]

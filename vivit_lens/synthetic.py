@@ -339,6 +339,12 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True) -> _Scene:
     u_hit = min(rng.uniform(0.15, 0.25), t.ub / 2)
     stripe_w, stripe_a, vertical = s * rng.uniform(0.1, 0.2), rng.uniform(0.03, 0.08), rng.uniform() < 0.5
     near = r_hole + r_ball * rng.uniform(2.5, 3.5)  # distance to the hole at the branch
+    if not club:
+        # No backswing to leave room for, and a shorter approach, so that a zoomed-in marble still rolls a good
+        # way toward the hole before the branch. (With the putt's spacing, a 2x marble started beside the hole,
+        # or even beyond the branch point, and rolled *away* from it before the branch.)
+        x0 = max(w * rng.uniform(0.06, 0.14), r_ball + 2)
+        near = r_hole + r_ball * rng.uniform(1.2, 1.8)
     turn = math.asin((r_hole + r_ball * rng.uniform(0.4, 0.8)) / near)  # missed: passes just beside the hole
     side, t_stop = rng.choice((-1.0, 1.0)), rng.uniform(0.85, 1.0) * (1 - t.ub)
 
