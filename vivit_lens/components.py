@@ -48,17 +48,21 @@ class Embed(nn.Module):
     """Tubelet embedding (a Conv3d with kernel = stride = tubelet) with [CLS] prepended.
 
     Token order is time-major, then row, then column: `pos = 1 + t*(H'*W') + h*W' + w`.
+    With `cls_token=False` (VideoMAE) there is no [CLS]: `pos = t*(H'*W') + h*W' + w`.
     """
 
-    def __init__(self, cfg: ViViTConfig):
+    def __init__(self, cfg: ViViTConfig, cls_token: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
+        if cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.proj = nn.Conv3d(cfg.num_channels, cfg.d_model, kernel_size=cfg.tubelet_size, stride=cfg.tubelet_size)
 
     def forward(self, pixel_values: Float[Tensor, "batch frames channels height width"]) -> Resid:
         x = self.proj(rearrange(pixel_values, "batch frames channels height width -> batch channels frames height width"))
         tubelets = rearrange(x, "batch d_model t h w -> batch (t h w) d_model")
+        if not hasattr(self, "cls_token"):
+            return tubelets
         cls = self.cls_token.expand(tubelets.shape[0], -1, -1)
         return torch.cat([cls, tubelets], dim=1)
 
@@ -81,13 +85,15 @@ class LayerNorm(nn.Module):
     can change (e.g. freeze) the scale.
     """
 
-    def __init__(self, cfg: ViViTConfig):
+    def __init__(self, cfg: ViViTConfig, eps: float | None = None, pooled: bool = False):
+        """`eps` overrides the config's; `pooled`: it normalises one vector per clip (`[batch d_model]`)."""
         super().__init__()
-        self.eps = cfg.layer_norm_eps
+        self.eps = cfg.layer_norm_eps if eps is None else eps
         self.w = nn.Parameter(torch.ones(cfg.d_model))
         self.b = nn.Parameter(torch.zeros(cfg.d_model))
-        self.hook_scale = HookPoint("batch pos 1")
-        self.hook_normalized = HookPoint("batch pos d_model")
+        rows = "batch" if pooled else "batch pos"
+        self.hook_scale = HookPoint(f"{rows} 1")
+        self.hook_normalized = HookPoint(f"{rows} d_model")
 
     def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         if not (self.hook_scale.has_hooks or self.hook_normalized.has_hooks):
@@ -110,7 +116,7 @@ class Attention(nn.Module):
         self.cfg = cfg
         n_heads, d_head, d_model = cfg.n_heads, cfg.d_head, cfg.d_model
         self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(d_model, n_heads * d_head, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d_model, n_heads * d_head, bias=cfg.key_bias)  # VideoMAE: never a key bias
         self.v_proj = nn.Linear(d_model, n_heads * d_head, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(n_heads * d_head, d_model, bias=True)
         self.scale = d_head**-0.5
@@ -175,7 +181,8 @@ class Attention(nn.Module):
         """q, k, v from one input with a single fused matmul (faster than three on CPU, same values)."""
         linears = (self.q_proj, self.k_proj, self.v_proj)
         weight = torch.cat([lin.weight for lin in linears])
-        bias = torch.cat([lin.bias for lin in linears]) if self.cfg.qkv_bias else None
+        biases = [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears]
+        bias = torch.cat(biases) if self.cfg.qkv_bias else None
         qkv = torch.nn.functional.linear(x, weight, bias)
         return rearrange(qkv, "batch pos (three head d_head) -> three batch pos head d_head", three=3,
                          head=self.cfg.n_heads).unbind(0)

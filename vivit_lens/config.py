@@ -16,7 +16,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -116,6 +116,8 @@ class ViViTConfig:
     are derived properties.
     """
 
+    MODEL_TYPE: ClassVar[str] = "vivit"  # the HF config's model_type
+
     image_size: int | tuple[int, int] | list[int] = (224, 224)  # stored as (height, width)
     num_frames: int = 32
     tubelet_size: tuple[int, int, int] | list[int] = (2, 16, 16)  # stored as (time, height, width)
@@ -180,6 +182,11 @@ class ViViTConfig:
         return embed + n_layers * (attn + mlp + 4 * d) + 2 * d + (d + 1) * len(self.id2label)
 
     # TransformerLens vocabulary -------------------------------------------------------------
+    @property
+    def key_bias(self) -> bool:
+        """Whether the key projection has a bias: with `qkv_bias` in ViViT (VideoMAE has none)."""
+        return self.qkv_bias
+
     @property
     def d_model(self) -> int:
         return self.hidden_size
@@ -345,10 +352,10 @@ class ViViTConfig:
     def from_hf_dict(cls, d: dict[str, Any]) -> ViViTConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"expected a mapping of config fields, got a {type(d).__name__}")
-        if d.get("model_type", "vivit") != "vivit":
-            raise ConfigError(f"expected a config with model_type 'vivit', got {d.get('model_type')!r}")
+        if d.get("model_type", cls.MODEL_TYPE) != cls.MODEL_TYPE:
+            raise ConfigError(f"expected a config with model_type {cls.MODEL_TYPE!r}, got {d.get('model_type')!r}")
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names and v is not None}
+        kwargs = {k: v for k, v in cls._our_fields(d).items() if k in names and v is not None}
         _check_fields(kwargs)  # before the constructor sees them
         for name in ("layer_norm_eps", "initializer_range"):
             if name in kwargs:
@@ -357,6 +364,11 @@ class ViViTConfig:
             _positive_int("num_labels", d["num_labels"])
             kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(d["num_labels"])}
         return cls(**kwargs)
+
+    @classmethod
+    def _our_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """An HF config dict with the architecture's fields in our meanings (ViViT's are HF's as they are)."""
+        return d
 
     @classmethod
     def from_json(cls, path: str | Path) -> ViViTConfig:

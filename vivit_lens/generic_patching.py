@@ -127,7 +127,7 @@ def _run_from(model, corrupted: Tensor, resid: Mapping[int, Tensor], name: str, 
             return model.run_with_hooks(corrupted, fwd_hooks=hooks)
         if layer == model.cfg.n_layers:
             with model.hooks(hooks):
-                return model.unembed(model.ln_final(resid[layer])[:, 0])
+                return model.unembed(model.readout(resid[layer]))
         return model.run_with_hooks(resid[layer], start_at_layer=layer, fwd_hooks=hooks)
 
 

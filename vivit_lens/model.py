@@ -50,14 +50,16 @@ class HookedViViT(HookedRootModule):
     `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_resid_mid`, `blocks.{l}.hook_mlp_in`,
     `blocks.{l}.mlp.hook_{pre,post}`, `blocks.{l}.hook_mlp_out`, `blocks.{l}.hook_resid_post`,
     `ln_final.hook_{scale,normalized}`; `model.hook_names` lists them in order.
+
+    Readout (the interface every architecture implements, so analysis need not know which it has):
+    `logits = model.unembed(model.readout(resid))` for the final residual `resid` `[batch pos d_model]`;
+    `readout_positions` are the positions the readout reads (here [CLS], `(0,)`), `readout_norm_name`
+    the LayerNorm it applies (its `hook_scale` freezes it), `readout_hook_name` the hook holding the
+    classifier's input (here `ln_final.hook_normalized`, read at `readout_positions`).
     """
 
     def __init__(self, cfg: ViViTConfig, processor: ProcessorConfig | None = None):
-        from vivit_lens import memory
-
-        where = torch.empty(0)  # the default device and dtype the parameters are built with
-        memory.check(cfg.n_parameters * where.element_size(), f"a model of {cfg.n_parameters:.3g} parameters",
-                     where.device, "check the config's sizes, or build it on another device")  # fmt: skip
+        self._check_size(cfg)
         super().__init__()
         self.cfg = cfg
         self.processor = processor or ProcessorConfig(crop_size=cfg.image_size)
@@ -70,6 +72,35 @@ class HookedViViT(HookedRootModule):
         self.unembed = Unembed(cfg)
         self.setup_hooks()
         self.eval()
+
+    @staticmethod
+    def _check_size(cfg: ViViTConfig) -> None:
+        """Refuse, before allocating, a model whose parameters do not fit in memory."""
+        from vivit_lens import memory
+
+        where = torch.empty(0)  # the default device and dtype the parameters are built with
+        memory.check(cfg.n_parameters * where.element_size(), f"a model of {cfg.n_parameters:.3g} parameters",
+                     where.device, "check the config's sizes, or build it on another device")  # fmt: skip
+
+    # Readout -------------------------------------------------------------------------------------
+    def readout(self, resid: Resid) -> Float[Tensor, "batch d_model"]:
+        """The vector the classifier reads from the final residual: [CLS] after the final LayerNorm."""
+        return self.ln_final(resid)[:, 0]
+
+    @property
+    def readout_positions(self) -> tuple[int, ...]:
+        """Positions of the final residual the readout reads: [CLS]."""
+        return (0,)
+
+    @property
+    def readout_hook_name(self) -> str:
+        """The hook holding the classifier's input (at `readout_positions` when it has a `pos` axis)."""
+        return "ln_final.hook_normalized"
+
+    @property
+    def readout_norm_name(self) -> str:
+        """The LayerNorm the readout applies."""
+        return "ln_final"
 
     # Forward -------------------------------------------------------------------------------------
     def forward(
@@ -105,7 +136,7 @@ class HookedViViT(HookedRootModule):
             resid = block(resid)
         if stop_at_layer is not None or return_type == "resid":
             return resid
-        return self.unembed(self.ln_final(resid)[:, 0])
+        return self.unembed(self.readout(resid))
 
     def _layer_arg(self, value: Any, default: int, name: str) -> int:
         if value is None:

@@ -357,7 +357,7 @@ def _plan(run: tuple[Patch, ...], model, read_layer: int, metric, fast: bool) ->
     if fast and not any(l is not None and l >= n - 1 for l in layers):
         reads = getattr(metric, "reads", None)
         if reads is None and isinstance(metric, Metric):
-            tail = (0,)  # logits read [CLS] only
+            tail = tuple(model.readout_positions)  # the logits read only these (ViViT: [CLS])
         elif reads == f"blocks.{n - 1}.hook_resid_post" and hasattr(metric, "positions"):
             tail = tuple(sorted({int(p) % model.cfg.n_pos for p in metric.positions}))
     return _Plan(start, after_attn, tail)
@@ -423,12 +423,12 @@ def _run_chunk(model, pixels, target, source, chunk, metric, start, after_attn, 
 def _last_block_at(model, resid_pre: Tensor, positions: tuple[int, ...], logits: bool) -> Tensor:
     """The last block's output at `positions` only (queries there, keys/values everywhere), exactly.
 
-    Returns logits when `logits` (positions = (0,)), else the final residual `[batch pos d_model]`
-    with NaN at the positions not computed (a metric reading them would show it).
+    Returns logits when `logits` (positions = `model.readout_positions`), else the final residual
+    `[batch pos d_model]` with NaN at the positions not computed (a metric reading them would show it).
     """
     resid_post = model.blocks[-1].at_positions(resid_pre, positions)["hook_resid_post"]
     if logits:
-        return model.unembed(model.ln_final(resid_post)[:, 0])
+        return model.unembed(model.readout(resid_post))
     full = resid_pre.new_full(resid_pre.shape, float("nan"))
     full[:, list(positions)] = resid_post
     return full

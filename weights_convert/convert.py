@@ -1,4 +1,4 @@
-"""Convert ViViT checkpoints: HF folder or hub id -> vivit_lens folder, and back to an HF folder.
+"""Convert ViViT and VideoMAE checkpoints: HF folder or hub id -> vivit_lens folder, and back to an HF folder.
 
     vivit-convert to-lens google/vivit-b-16x2-kinetics400 ./vivit_b_lens   # vivit_lens.safetensors + config.json
     vivit-convert to-hf ./vivit_b_lens ./vivit_b_hf                         # transformers loads this folder
@@ -15,20 +15,20 @@ import sys
 from pathlib import Path
 
 from vivit_lens.atomic import OutputError, OutputFolder
-from vivit_lens.convert import CheckpointError, save_hf_folder, save_lens_folder
+from vivit_lens.convert import CheckpointError
 
 
 def convert(src: str, out: str | Path, to: str, *, overwrite: bool = False) -> Path:
     """Load `src` (any layout vivit_lens reads) and write it to `out` in layout `to` ('lens' or 'hf')."""
-    from vivit_lens.model import HookedViViT
+    from vivit_lens.auto import from_pretrained, save_folder
 
     if to not in ("lens", "hf"):
         raise ValueError(f"to must be 'lens' or 'hf', got {to!r}")
     folder = OutputFolder(out, overwrite=overwrite, protect=[src] if Path(src).exists() else [])
     try:
-        model = HookedViViT.from_pretrained(src)
+        model = from_pretrained(src)  # ViViT or VideoMAE, from the checkpoint's model_type
         try:
-            (save_lens_folder if to == "lens" else save_hf_folder)(model, folder.tmp)
+            save_folder(model, folder.tmp, to)
         except OSError as e:  # a full disk, a quota: nothing is left behind
             raise OutputError(f"cannot write {out} ({e.strerror or e}); nothing was written") from None
         return folder.commit()
