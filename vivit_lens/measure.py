@@ -38,9 +38,9 @@ def delta_norms(
         cfg = getattr(clean_cache, "cfg", None)
         n = cfg.n_layers if cfg is not None else 1 + max(int(k.split(".")[1]) for k in clean_cache if k.startswith("blocks."))
         layers = list(range(n))
-    values = torch.empty(len(hooks), len(layers), 2)
-    for i, hook in enumerate(hooks):
-        for j, layer in enumerate(layers):
+    rows = []  # built where the caches are (the model's device), float64
+    for hook in hooks:
+        for layer in layers:
             name = get_act_name(hook, layer)
             if name not in clean_cache or name not in corrupt_cache:
                 raise KeyError(f"{name!r} must be in both caches")
@@ -48,8 +48,8 @@ def delta_norms(
             if delta.ndim != 3:
                 raise ValueError(f"{name} is {tuple(delta.shape)}; delta norms need [batch pos d_model] activations")
             per_token = delta.norm(dim=-1)  # [batch pos]
-            values[i, j, 0] = per_token[:, 0].mean()
-            values[i, j, 1] = per_token.mean()
+            rows.append(torch.stack([per_token[:, 0].mean(), per_token.mean()]))
+    values = torch.stack(rows).reshape(len(hooks), len(layers), 2)
     return LabeledTensor(values, ("hook", "layer", "where"), (tuple(hooks), tuple(layers), ("cls", "token_mean")),
                          name="l2_norm")  # fmt: skip
 

@@ -127,7 +127,7 @@ class HookedViViT(HookedRootModule):
             raise ValueError(f"start_at_layer ({start}) is after stop_at_layer ({stop})")
         if start_at_layer is None:
             self._check_pixels(x)
-            pixels = x.to(self.unembed.W_U.dtype)
+            pixels = x.to(device=self.unembed.W_U.device, dtype=self.unembed.W_U.dtype)  # as TL moves its tokens
             resid = self.hook_embed(self.embed(pixels)) + self.hook_pos_embed(self.pos_embed(x.shape[0]))
         else:
             self._check_resid(x)
@@ -341,11 +341,17 @@ class HookedViViT(HookedRootModule):
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
     ) -> HookedViViT:
-        """Load a ViViT checkpoint: a local folder (HF or vivit_lens layout) or a Hugging Face hub id."""
-        from vivit_lens import loading
+        """Load a ViViT checkpoint: a local folder (HF or vivit_lens layout) or a Hugging Face hub id.
 
+        `device`: cpu (default), cuda, cuda:N, mps or meta; `dtype`: float32 (default), bfloat16, float16 or
+        float64 (a torch dtype or its name). Both are checked before the checkpoint is read.
+        """
+        from vivit_lens import loading
+        from vivit_lens.placement import parse_device, parse_dtype
+
+        device, dtype = parse_device(device), parse_dtype(dtype)
         files = loading.resolve(name_or_path, revision=revision, cache_dir=cache_dir)
         cfg = ViViTConfig.from_json(files.config)
         processor = ProcessorConfig.from_json(files.processor) if files.processor else None
