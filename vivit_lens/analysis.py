@@ -657,6 +657,26 @@ def _per_pair_vectors(r: dict) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class StudyPair:
+    """The per-pair part of `study`: `analyze_pair` with the study's options, reduced to what is aggregated.
+
+    A picklable function of `(model, pair)`, so that a runner can call it on a model replica elsewhere.
+    """
+
+    label: int | str | None
+    signal_layer: int | None
+    signal_positions: str
+    batch_size: int
+
+    def __call__(self, model, pair: PairInput) -> dict:
+        r = analyze_pair(model, pair.clean, pair.corrupt, label=self.label, region=pair.region,
+                         signal_layer=self.signal_layer, signal_positions=self.signal_positions, steps=STUDY_STEPS,
+                         norm_recovery=False, batch_size=self.batch_size, progress=False)  # fmt: skip
+        return {"row": _per_pair_vectors(r), "same_top1": r["predictions"]["same_top1"],
+                "top1": r["predictions"]["clean"][0]["label"]}  # fmt: skip
+
+
 def study(
     model,
     pairs: Mapping[str, Sequence[PairInput]],
@@ -670,6 +690,7 @@ def study(
     k_folds: int = 5,
     progress: bool = True,
     batch_size: int = 16,
+    runner=None,
 ) -> dict:
     """The per-pair measurements of `analyze_pair` over many pairs per domain, as means with 95% bootstrap CIs,
     and per-layer outcome probes on [CLS].
@@ -681,30 +702,39 @@ def study(
     tested on another's (`transfer`).
     Returns a JSON-ready dict: `domains[d]` holds `per_pair` rows, the aggregated `ci` of each quantity and the
     `hidden` checks; `probe[d]` the per-layer probe records; `warnings` what makes the CIs unreliable.
+    A pair whose analysis fails is listed in `domains[d]["failed"]` with its error (and warned about); the CIs
+    are over the others. `runner`: a `vivit_lens.distributed` runner (`RayRunner(model, workers=N)`) that runs
+    the pairs and the probe forwards on model replicas; the results are the serial run's, in the same order.
     """
+    from vivit_lens.distributed import Failed, SerialRunner
     from vivit_lens.probes import best_record, collect_activations, grouped_cv_probes, transfer_probes
 
     cfg = model.cfg
     probe_pairs = pairs if probe_pairs is None else probe_pairs
     out: dict[str, Any] = {"domains": {}, "probe": {}, "transfer": {}, "warnings": [],
                            "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95}}  # fmt: skip
-    total = sum(len(v) for v in pairs.values())
-    bar = tqdm(total=total, desc="study", disable=not progress)
     acts_by_domain: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
     for domain, plist in pairs.items():
         if not plist:
             raise PairError(f"domain {domain!r} has no pairs")
-        rows, names, same_top1, top1 = [], [], [], []
+    job = StudyPair(label, signal_layer, signal_positions, batch_size)
+    flat = [pair for plist in pairs.values() for pair in plist]
+    done = iter((runner or SerialRunner(model)).map(job, flat, desc="study", progress=progress,
+                                                    postfix=lambda pair: pair.name))  # fmt: skip
+    for domain, plist in pairs.items():
+        rows, names, same_top1, top1, failed = [], [], [], [], []
         for pair in plist:
-            bar.set_postfix_str(pair.name)
-            r = analyze_pair(model, pair.clean, pair.corrupt, label=label, region=pair.region,
-                             signal_layer=signal_layer, signal_positions=signal_positions, steps=STUDY_STEPS,
-                             norm_recovery=False, batch_size=batch_size, progress=False)  # fmt: skip
-            rows.append(_per_pair_vectors(r))
+            r = next(done)
+            if isinstance(r, Failed):
+                failed.append({"pair": pair.name, "error": r.error})
+                out["warnings"].append(f"{domain}: pair {pair.name} failed and is left out: {r.error}")
+                continue
+            rows.append(r["row"])
             names.append(pair.name)
-            same_top1.append(r["predictions"]["same_top1"])
-            top1.append(r["predictions"]["clean"][0]["label"])
-            bar.update(1)
+            same_top1.append(r["same_top1"])
+            top1.append(r["top1"])
+        if not rows:
+            raise PairError(f"domain {domain!r}: every pair failed; the first: {failed[0]['pair']}: {failed[0]['error']}")
         d: dict[str, Any] = {"pairs": names, "n": len(rows), "same_top1_fraction": float(np.mean(same_top1)),
                              "clean_top1": top1, "layers": list(range(len(rows[0]["attention_recovery"])))}  # fmt: skip
         ci = {}
@@ -715,15 +745,16 @@ def study(
             ci[key]["fraction_ge_100"] = _list((v >= 100).mean(0))
         d["ci"] = ci
         d["per_pair"] = [{"pair": n, **row} for n, row in zip(names, rows)]
+        d["failed"] = failed
         out["domains"][domain] = d
-    bar.close()
 
     for domain, plist in probe_pairs.items():
         if len(plist) < 2:
             out["warnings"].append(f"{domain}: the probe needs at least 2 pairs, got {len(plist)}; no probe")
             continue
         clips = torch.cat([torch.cat([p.clean, p.corrupt]) for p in plist])
-        acts, top = collect_activations(model, clips, batch_size=batch_size, progress=progress, return_top1=True)
+        acts, top = collect_activations(model, clips, batch_size=batch_size, progress=progress, return_top1=True,
+                                        runner=runner)  # fmt: skip
         labels, groups = torch.tensor([1, 0] * len(plist)), torch.arange(len(plist)).repeat_interleave(2)
         acts_by_domain[domain] = (acts, labels, groups)
         k = min(k_folds, len(plist))

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--no-progress", action="store_true",
                        help="no progress bars (they are shown only when stderr is a terminal)")
         q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+        q.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps (default: cpu)")
+        q.add_argument("--dtype", default="float32",
+                       help="the model's float type: float32, bfloat16, float16 or float64 (default: float32)")
 
     a = sub.add_parser("analyze", help="analyse one clean/corrupt pair and write report.html + results.json",
                        description="Run the paper's analysis on one minimal pair (with no videos: the shipped "
@@ -96,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
                         "only; the first --pairs of them are also analysed; default: 100, at which the probe's 95%% "
                         "CI is about +-0.08 or narrower)")  # fmt: skip
     s.add_argument("--folds", type=int, default=5, help="grouped k-fold over pairs for the probes (default: 5)")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the pairs and probe forwards on N Ray workers of a local Ray cluster, started and stopped "
+                        "here, one model replica each (one GPU each when there are GPUs); needs pip install "
+                        "'vivit_lens[distributed]'; results are the serial run's")  # fmt: skip
+    s.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="use the existing Ray cluster at ADDR (HOST:PORT or auto) instead of a local one; --workers "
+                        "then defaults to its GPUs, or else its CPUs")  # fmt: skip
     return p
 
 
@@ -119,12 +129,13 @@ def _shipped_pair(action: str) -> tuple[str, str]:
     return str(clean), str(corrupt)
 
 
-def _load_model(name: str | None):
+def _load_model(name: str | None, args=None):
     from vivit_lens import HookedViViT
 
     name = _shipped_model() if name is None else name
+    place = {"device": args.device, "dtype": args.dtype} if args is not None else {}
     try:
-        return HookedViViT.from_pretrained(name), name
+        return HookedViViT.from_pretrained(name, **place), name
     except (OSError, ValueError) as e:  # not found, unreadable, not a ViViT, weights that do not fit
         raise UsageError(f"cannot load the model {name!r}: {e}") from None
 
@@ -164,8 +175,16 @@ def _resolve_class(model, name: str | None):
 
 
 def _check_common(args) -> None:
+    from vivit_lens.placement import PlacementError, parse_device, parse_dtype
+
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        args.device, args.dtype = parse_device(args.device), parse_dtype(args.dtype)
+    except PlacementError as e:
+        raise UsageError(f"{e}".replace("device ", "--device ", 1).replace("dtype ", "--dtype ", 1)) from None
+    if args.device.type == "meta":
+        raise UsageError("--device meta holds no values, so there is nothing to report; use cpu, cuda or mps")
 
 
 def _output(args, *inputs):
@@ -210,7 +229,7 @@ def cmd_analyze(args, log) -> int:
 def _analyze(args, log, out, clean_path: str, corrupt_path: str, t0: float) -> int:
     from vivit_lens import analysis, report
 
-    model, name = _load_model(args.model)
+    model, name = _load_model(args.model, args)
     _check_signal_layer(model, args.signal_layer)
     cls = _resolve_class(model, args.cls)
     pair = analysis.load_pair(model, clean_path, corrupt_path)
@@ -307,6 +326,7 @@ def cmd_study(args, log) -> int:
             raise UsageError(f"unknown action {a!r}; expected one of {', '.join(synthetic.ACTIONS)}")
     if args.pairs_csv:
         _csv_rows(args.pairs_csv)  # the CSV's own problems, before any loading
+    _check_workers(args)
     t0 = time.perf_counter()
     out = _output(args, args.pairs_csv and Path(args.pairs_csv).parent, args.model)
     try:
@@ -315,10 +335,41 @@ def cmd_study(args, log) -> int:
         out.discard()
 
 
+def _check_workers(args) -> None:
+    """--workers / --ray-address: checked, and Ray importable, before any compute."""
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers is None and args.ray_address is None:
+        return
+    from vivit_lens.distributed import RayNotInstalledError, import_ray
+
+    flag = "--workers" if args.workers is not None else "--ray-address"
+    try:
+        import_ray()
+    except RayNotInstalledError:
+        from vivit_lens.distributed import INSTALL_HINT
+
+        raise UsageError(f"{flag} runs the study on Ray, which is not installed; {INSTALL_HINT}") from None
+
+
+def _runner(args, model, log):
+    """A RayRunner for --workers / --ray-address (None: serial, in this process)."""
+    if args.workers is None and args.ray_address is None:
+        return None
+    from vivit_lens.distributed import RayRunner, WorkerError
+
+    try:
+        runner = RayRunner(model, args.workers, address=args.ray_address)
+    except (WorkerError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    log(f"ray: {runner.workers} worker(s), one model replica each on {', '.join(sorted({p[0] for p in runner.placement}))}")
+    return runner
+
+
 def _study(args, log, out, actions: list[str], t0: float) -> int:
     from vivit_lens import analysis, report
 
-    model, name = _load_model(args.model)
+    model, name = _load_model(args.model, args)
     _check_signal_layer(model, args.signal_layer)
     cls = _resolve_class(model, args.cls)
     if args.pairs_csv:
@@ -335,10 +386,15 @@ def _study(args, log, out, actions: list[str], t0: float) -> int:
                                 "renderer": "vivit_lens.synthetic.render_pair"}}  # fmt: skip
     log(f"model {name}: {sum(len(v) for v in pairs.values())} pairs in {len(pairs)} domain(s)")
     _warn_small(pairs, log)
-    st = analysis.study(model, pairs, label=cls, signal_layer=args.signal_layer,
-                        signal_positions=args.signal_positions, n_boot=args.bootstrap, seed=args.seed,
-                        probe_pairs=probe_pairs, k_folds=args.folds, progress=args.progress,
-                        batch_size=args.batch_size)  # fmt: skip
+    runner = _runner(args, model, log)
+    try:
+        st = analysis.study(model, pairs, label=cls, signal_layer=args.signal_layer,
+                            signal_positions=args.signal_positions, n_boot=args.bootstrap, seed=args.seed,
+                            probe_pairs=probe_pairs, k_folds=args.folds, progress=args.progress,
+                            batch_size=args.batch_size, runner=runner)  # fmt: skip
+    finally:
+        if runner is not None:
+            runner.close()
     st["definitions"] = {**analysis.DEFINITIONS,
                          "bootstrap_ci": analysis.DEFINITIONS["bootstrap_ci"].format(n_boot=args.bootstrap,
                                                                                      seed=args.seed)}  # fmt: skip

@@ -16,6 +16,7 @@ even be split that way, and says so.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -309,9 +310,61 @@ def transfer_probes(
     return records
 
 
+@dataclass(frozen=True)
+class _BatchActivations:
+    """One batch's pooled per-layer activations (and top-1 classes): the unit of work `collect_activations`
+    gives a runner (a picklable function of `(model, batch)`; a batch of video paths is loaded where it runs)."""
+
+    names: tuple[str, ...]
+    pool: str
+    return_top1: bool
+
+    def __call__(self, model, batch: Tensor | list) -> tuple[Tensor, Tensor | None]:
+        x = _load_clips(model, batch) if isinstance(batch, list) else batch
+        if x.ndim == 4:  # one clip [frames channels height width]
+            x = x.unsqueeze(0)
+        stop = max(int(n.split(".")[1]) for n in self.names) + 1
+        with torch.no_grad():
+            kwargs = {"stop_at_layer": stop} if stop < model.cfg.n_layers and not self.return_top1 else {}
+            logits, cache = model.run_with_cache(x, names_filter=list(self.names), **kwargs)
+        acts = torch.stack([cache[n] for n in self.names])  # [layer batch pos d_model]
+        pooled = acts[:, :, 0] if self.pool == "cls" else acts[:, :, 1:].mean(2)
+        return pooled, (logits.argmax(-1) if self.return_top1 else None)
+
+
+def _load_clips(model, paths: list) -> Tensor:
+    from vivit_lens import video
+
+    clips = [video.load(p, num_frames=model.cfg.num_frames) for p in paths]
+    return video.preprocess(clips, model.processor)
+
+
+def _batches(clips, batch_size: int) -> Iterator[Tensor | list]:
+    """Tensors as given (a `[n ...]` tensor is split into `batch_size` clips); runs of paths in lists of `batch_size`."""
+    if isinstance(clips, Tensor):
+        yield from clips.split(batch_size)
+        return
+    paths: list = []
+    for c in clips:
+        if isinstance(c, (str, os.PathLike)):
+            paths.append(c)
+            if len(paths) == batch_size:
+                yield paths
+                paths = []
+            continue
+        if paths:
+            yield paths
+            paths = []
+        if not isinstance(c, Tensor):
+            raise TypeError(f"clips must be pixel tensors or video paths, got {type(c).__name__}")
+        yield c
+    if paths:
+        yield paths
+
+
 def collect_activations(
     model,
-    clips: Tensor | Iterable[Tensor],
+    clips: Tensor | Iterable[Tensor] | Iterable[str | os.PathLike],
     *,
     layers: Sequence[int] | None = None,
     act: str = "resid_post",
@@ -319,32 +372,39 @@ def collect_activations(
     batch_size: int = 4,
     progress: bool = True,
     return_top1: bool = False,
+    runner=None,
 ) -> Float[Tensor, "layer n d_model"] | tuple[Float[Tensor, "layer n d_model"], Int[Tensor, "n"]]:
     """Per-layer activations of many clips, pooled to one vector per clip: `[layer n d_model]`.
 
-    `clips`: pixel values `[n frames channels height width]`, or an iterable of such batches (for
-    clips that do not fit in memory at once). `act`: `resid_post` (default: layer l's output),
-    `resid_pre`, `resid_mid`, `attn_out`, `mlp_out`. `pool`: `"cls"` (token 0) or `"mean"` (mean
-    over the tubelet tokens, [CLS] excluded). The forward stops after the last layer needed, unless
-    `return_top1`: then it runs to the logits and also returns every clip's top-1 class `[n]`.
+    `clips`: pixel values `[n frames channels height width]`, an iterable (a list, a generator) of such
+    batches or of single clips `[frames channels height width]`, or of video file paths (loaded and
+    preprocessed with the model's processor, `batch_size` at a time, where the batch runs). `act`:
+    `resid_post` (default: layer l's output), `resid_pre`, `resid_mid`, `attn_out`, `mlp_out`. `pool`:
+    `"cls"` (token 0) or `"mean"` (mean over the tubelet tokens, [CLS] excluded). The forward stops after the
+    last layer needed, unless `return_top1`: then it runs to the logits and also returns every clip's top-1
+    class `[n]`. `runner`: a `vivit_lens.distributed` runner (e.g. `RayRunner(model, workers=4)`) to spread the
+    batches over model replicas; the result is the same, in the clips' order. Activations stay on the model's
+    device (the workers' results come back on the CPU).
     """
     if pool not in ("cls", "mean"):
         raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(l) for l in layers]
-    names = [get_act_name(act, l) for l in layers]
-    batches = clips.split(batch_size) if isinstance(clips, Tensor) else clips
-    out: list[Tensor] = []
-    top: list[Tensor] = []
-    stop = max(layers) + 1
-    for x in tqdm(batches, desc="collecting", disable=not progress, leave=False):
-        with torch.no_grad():
-            kwargs = {"stop_at_layer": stop} if stop < model.cfg.n_layers and not return_top1 else {}
-            logits, cache = model.run_with_cache(x, names_filter=names, **kwargs)
-        acts = torch.stack([cache[n] for n in names])  # [layer batch pos d_model]
-        out.append(acts[:, :, 0] if pool == "cls" else acts[:, :, 1:].mean(2))
-        if return_top1:
-            top.append(logits.argmax(-1))
-    return (torch.cat(out, dim=1), torch.cat(top)) if return_top1 else torch.cat(out, dim=1)
+    job = _BatchActivations(tuple(get_act_name(act, l) for l in layers), pool, return_top1)
+    batches = _batches(clips, batch_size)
+    if runner is None:
+        results = [job(model, b) for b in tqdm(batches, desc="collecting", disable=not progress, leave=False)]
+    else:
+        from vivit_lens.distributed import Failed, WorkerError
+
+        results = runner.map(job, batches, desc="collecting", progress=progress)
+        failed = [(i, r) for i, r in enumerate(results) if isinstance(r, Failed)]
+        if failed:
+            raise WorkerError(f"{len(failed)} of {len(results)} batches of clips failed; batch {failed[0][0]}: "
+                              f"{failed[0][1].error}")  # fmt: skip
+    if not results:
+        raise ValueError("collect_activations got no clips")
+    out = torch.cat([r[0] for r in results], dim=1)
+    return (out, torch.cat([r[1] for r in results])) if return_top1 else out
 
 
 __all__ = ["ProbeResults", "best_record", "collect_activations", "fit_probe", "grouped_cv_probes", "split_indices", "train_probes",
