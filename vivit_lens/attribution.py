@@ -48,7 +48,8 @@ def _layer_norm_backward(
 
 
 class Attribution:
-    """Activations of both runs and metric gradients of the reference run; every attribution derives from them.
+    """Per-hook attributions, and what edges need: source - reference differences of the senders' writes, metric
+    gradients at the receivers' inputs, and the reference residual before each block (for its LayerNorm).
 
     Every value is an estimated *effect* (metric change, batch mean), as in `vivit_lens.paths`. For
     TransformerLens-style patched-metric values (what `vivit_lens.patching` returns), add
@@ -57,10 +58,11 @@ class Attribution:
     TransformerLens-style callable: its gradient already carries the batch, effects are summed).
     """
 
-    def __init__(self, model, src: dict[str, Tensor], ref: dict[str, Tensor], grads: dict[str, Tensor],
-                 direction: str, metric: str, ref_metric: Tensor, per_example: bool = True):  # fmt: skip
+    def __init__(self, model, nodes: dict[str, Tensor], deltas: dict[str, Tensor], grads: dict[str, Tensor],
+                 ref_resid: dict[str, Tensor], direction: str, metric: str, ref_metric: Tensor,
+                 per_example: bool = True):  # fmt: skip
         self.model, self.cfg = model, model.cfg
-        self.src, self.ref, self.grads = src, ref, grads
+        self.nodes, self.deltas, self.grads, self.ref_resid = nodes, deltas, grads, ref_resid
         self.direction, self.metric, self.ref_metric = direction, metric, ref_metric
         self.per_example = per_example
 
@@ -73,9 +75,9 @@ class Attribution:
 
         `[pos]` for a residual hook, `[pos head]` for `hook_z`/`hook_q`..., etc.
         """
-        if hook not in self.grads:
+        if hook not in self.nodes:
             raise KeyError(f"{hook!r} was not attributed; pass it in attribution_patch(..., hooks=[...])")
-        return self._over_batch(((self.src[hook] - self.ref[hook]) * self.grads[hook]).sum(-1), 0)
+        return self._over_batch(self.nodes[hook], 0)
 
     def _stack(self, name: str) -> Tensor:
         return torch.stack([self.node(f"blocks.{layer}.{name}") for layer in range(self.cfg.n_layers)])
@@ -152,7 +154,7 @@ class Attribution:
                     w = getattr(block.attn, f"W_{r.kind.upper()}")  # [head d_model d_head]
                     g = self.grads[f"blocks.{r.layer}.attn.hook_{r.kind}"]
                     g_ln = einsum(g, w, "batch pos head d_head, head d_model d_head -> batch pos head d_model")
-                    x = self.ref[f"blocks.{r.layer}.hook_resid_pre"]
+                    x = self.ref_resid[f"blocks.{r.layer}.hook_resid_pre"]
                     cache = {key: _layer_norm_backward(x, g_ln, block.ln1.w, block.ln1.eps)}
                 g = cache[key][:, :, r.head]
             elif isinstance(r, MLPInput):
@@ -168,7 +170,7 @@ class Attribution:
             return self._pairs_no_grad(senders, receivers)
 
     def _pairs_no_grad(self, senders: list, receivers: list) -> Float[Tensor, "sender receiver"]:
-        deltas = torch.stack([write_delta(self.model, self.src, self.ref, s, None) for s in senders])
+        deltas = torch.stack([write_delta(self.model, self.deltas, None, s, None) for s in senders])
         out = deltas.new_zeros(len(senders), len(receivers))
         groups: dict[tuple, list[int]] = defaultdict(list)
         for j, r in enumerate(receivers):  # one closed-form gradient per (layer, q|k|v) serves all its heads
@@ -269,11 +271,11 @@ def attribution_patch(
     reads, per_example = metric_kind(metric)
     names = ["hook_embed", "hook_pos_embed", f"blocks.{L - 1}.hook_resid_post", *hooks]
     names += [f"blocks.{layer}.{n}" for layer in range(L) for n in _PER_LAYER]
+    names = list(dict.fromkeys(names))
     for name in names + ([reads] if reads else []):
         model._hook_point(name)
     memory.guard_attribution(model, clean, names)
     fast = fast and reads is None and not hooks and not any(h.has_hooks for h in model.hook_dict.values())
-    grad_names = [n for n in names if n not in ("hook_embed", "hook_pos_embed")]
     ref_x, src_x = (corrupt, clean) if direction == "denoising" else (clean, corrupt)
     stop = L - 1 if fast else None
 
@@ -283,36 +285,96 @@ def attribution_patch(
         if fast:
             src[f"blocks.{L - 1}.hook_resid_pre"] = out
             src.update(_last_block_at_cls(model, out))
-    acts: dict[str, Tensor] = {}
+    state = _Deltas(src, grad_names={n for n in names if n not in ("hook_embed", "hook_pos_embed")},
+                    keep_grads=_receiver_grad_names(L), keep_deltas=_sender_names(L))  # fmt: skip
+    leaf: dict[str, Tensor] = {}
+    read: dict[str, Tensor] = {}
 
     def start_graph(t: Tensor, hook) -> Tensor:  # the graph starts at the embedding: no parameter gradients
-        return t.detach().requires_grad_(True)
+        leaf["embed"] = t.detach().requires_grad_(True)
+        return leaf["embed"]
 
-    def keep(t: Tensor, hook) -> None:
-        acts[hook.name] = t
+    def track(t: Tensor, hook) -> None:
+        if hook.name == reads:
+            read["t"] = t
+        if hook.name in src:
+            state.track(hook.name, t)
 
     capture = list(dict.fromkeys(names + ([reads] if reads else [])))
-    with torch.enable_grad(), model.hooks([("hook_embed", start_graph)] + [(n, keep) for n in capture]):
+    with torch.enable_grad(), model.hooks([("hook_embed", start_graph)] + [(n, track) for n in capture]):
         out = model(ref_x, stop_at_layer=stop)
         if fast:
-            acts[f"blocks.{L - 1}.hook_resid_pre"] = out
-            acts.update(_last_block_at_cls(model, out))
-            out = model.unembed(model.ln_final(acts[f"blocks.{L - 1}.hook_resid_post"])[:, 0])
-        value = torch.as_tensor(metric(out if reads is None else acts[reads]))
+            state.track(f"blocks.{L - 1}.hook_resid_pre", out)
+            last = _last_block_at_cls(model, out)
+            for name, t in last.items():
+                state.track(name, t)
+            out = model.unembed(model.ln_final(last[f"blocks.{L - 1}.hook_resid_post"])[:, 0])
+        value = torch.as_tensor(metric(out if reads is None else read["t"]))
         if not per_example and value.numel() != 1:
             raise ValueError(f"a plain metric must return one number for the batch, got shape {tuple(value.shape)}")
-        grads = torch.autograd.grad(value.sum(), [acts[n] for n in grad_names], allow_unused=True)
+        torch.autograd.grad(value.sum(), [leaf["embed"]])  # the per-hook work happens in the gradient hooks
     cls_only = {f"blocks.{L - 1}.{k}" for k in _CLS_ONLY} if fast else set()
-
-    def full(name: str, t: Tensor) -> Tensor:
-        return _pad(t, n_pos) if name in cls_only else t
-
-    grads_d = {n: full(n, (g if g is not None else torch.zeros_like(acts[n])).detach())
-               for n, g in zip(grad_names, grads)}  # fmt: skip
-    ref = {n: full(n, acts[n].detach()) for n in names}
-    src = {n: full(n, src[n]) for n in names}
+    nodes, deltas, grads = state.results(lambda name, t: _pad(t, n_pos) if name in cls_only else t)
     name = repr(metric) if per_example else getattr(metric, "__name__", repr(metric))
-    return Attribution(model, src, ref, grads_d, direction, name, value.detach(), per_example)
+    return Attribution(model, nodes, deltas, grads, state.ref_resid, direction, name, value.detach(), per_example)
+
+
+def _receiver_grad_names(n_layers: int) -> set[str]:
+    """The hooks whose gradients edge attribution reads: q/k/v (head inputs), mlp_in, the final residual."""
+    names = {f"blocks.{l}.{h}" for l in range(n_layers) for h in ("attn.hook_q", "attn.hook_k", "attn.hook_v",
+                                                                    "hook_mlp_in")}  # fmt: skip
+    return names | {f"blocks.{n_layers - 1}.hook_resid_post"}
+
+
+def _sender_names(n_layers: int) -> set[str]:
+    """The hooks whose source - reference differences edge attribution reads: what senders write."""
+    names = {f"blocks.{l}.{h}" for l in range(n_layers) for h in ("attn.hook_z", "hook_mlp_out")}
+    return names | {"hook_embed", "hook_pos_embed"}
+
+
+class _Deltas:
+    """Turns the source run's cached activations into source - reference differences as the reference run
+    passes each hook, and each metric gradient into that hook's attribution as soon as backward reaches it.
+
+    Kept afterwards: the attributions (`[batch pos ...]`, summed over the last axis), the differences that
+    senders write and the gradients that receivers read; the rest is freed during the backward pass. The
+    reference run's own activations are kept only before each block (`hook_resid_pre`, for ln1's backward).
+    """
+
+    def __init__(self, src: dict[str, Tensor], grad_names: set[str], keep_grads: set[str], keep_deltas: set[str]):
+        self.deltas, self.grad_names = src, grad_names
+        self.keep_grads, self.keep_deltas = keep_grads, keep_deltas
+        self.nodes: dict[str, Tensor] = {}
+        self.grads: dict[str, Tensor] = {}
+        self.ref_resid: dict[str, Tensor] = {}
+
+    def track(self, name: str, t: Tensor) -> None:
+        with torch.no_grad():
+            self.deltas[name] = self.deltas[name] - t.detach()  # not in place: hooks can share one tensor
+        if name.endswith("hook_resid_pre"):
+            self.ref_resid[name] = t.detach()
+        if name in self.grad_names and t.requires_grad:
+            t.register_hook(lambda g, name=name: self._on_grad(name, g))
+
+    def _on_grad(self, name: str, g: Tensor) -> None:
+        with torch.no_grad():
+            self.nodes[name] = (self.deltas[name] * g).sum(-1)
+            if name in self.keep_grads:
+                self.grads[name] = g.detach()
+        if name not in self.keep_deltas:
+            del self.deltas[name]
+
+    def results(self, full) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Attributions, kept differences and kept gradients; a hook that backward never reached (the metric
+        does not depend on it) has zero gradient. `full(name, t)`: each as `[batch pos ...]`."""
+        for name in self.grad_names - self.nodes.keys():
+            d = self.deltas[name]
+            self.nodes[name] = torch.zeros_like(d.sum(-1))
+            if name in self.keep_grads:
+                self.grads[name] = torch.zeros_like(d)
+        deltas = {n: full(n, d) for n, d in self.deltas.items() if n in self.keep_deltas}
+        return ({n: full(n, t) for n, t in self.nodes.items()}, deltas,
+                {n: full(n, t) for n, t in self.grads.items()})  # fmt: skip
 
 
 # Agreement -----------------------------------------------------------------------------------

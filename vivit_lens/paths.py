@@ -238,24 +238,28 @@ def _mask(x: Tensor, positions: tuple[int, ...] | None) -> Tensor:
 
 
 def write_delta(
-    model, src: Mapping[str, Tensor], ref: Mapping[str, Tensor], sender: Sender, positions: tuple[int, ...] | None
-) -> Float[Tensor, "batch rpos d_model"]:
+    model, src: Mapping[str, Tensor], ref: Mapping[str, Tensor] | None, sender: Sender,
+    positions: tuple[int, ...] | None,
+) -> Float[Tensor, "batch rpos d_model"]:  # fmt: skip
     """What the sender writes to the residual stream in the source run minus the reference run.
 
     Restricted to the sender's positions (zero elsewhere), then read at `positions` (None: all).
     Head writes are computed per head from `hook_z` and `W_O` (never `[... head d_head d_model]`).
+    `ref=None`: `src` already holds the differences (source - reference) of the hooks read.
     """
     idx = _index(positions)
+
+    def diff(name: str, *head: int) -> Tensor:
+        at = (slice(None), slice(None), *head)
+        return src[name][at] if ref is None else src[name][at] - ref[name][at]
+
     if isinstance(sender, Head):
-        name = f"blocks.{sender.layer}.attn.hook_z"
-        dz = _mask(src[name][:, :, sender.head] - ref[name][:, :, sender.head], sender.positions)[:, idx]
+        dz = _mask(diff(f"blocks.{sender.layer}.attn.hook_z", sender.head), sender.positions)[:, idx]
         w_o = model.blocks[sender.layer].attn.W_O[sender.head]
         return einsum(dz, w_o, "batch pos d_head, d_head d_model -> batch pos d_model")
     if isinstance(sender, MLP):
-        name = f"blocks.{sender.layer}.hook_mlp_out"
-        return _mask(src[name] - ref[name], sender.positions)[:, idx]
-    delta = (src["hook_embed"] + src["hook_pos_embed"]) - (ref["hook_embed"] + ref["hook_pos_embed"])
-    return _mask(delta, sender.positions)[:, idx]
+        return _mask(diff(f"blocks.{sender.layer}.hook_mlp_out"), sender.positions)[:, idx]
+    return _mask(diff("hook_embed") + diff("hook_pos_embed"), sender.positions)[:, idx]
 
 
 # Results -----------------------------------------------------------------------------------------
