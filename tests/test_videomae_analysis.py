@@ -6,7 +6,6 @@ and independent implementations (a hand-written hook, TransformerLens' patching 
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -134,10 +133,21 @@ def test_dla_through_the_readout_interface_sums_to_the_logit(model, small_model)
         )
 
 
-def test_vivit_only_analysis_is_refused_not_silently_wrong(model):
-    """What still assumes [CLS] at position 0 says so instead of returning numbers for the wrong token."""
-    with pytest.raises(NotImplementedError, match=r"\[CLS\]"):
-        _ = model.grid
-    if model.cfg.use_mean_pooling:
-        assert not hasattr(model, "ln_final")  # cache.dla_* read ln_final: they cannot run here by accident
-    assert dataclasses.replace(model.cfg).n_pos == model.cfg.n_tubelets
+def test_token_grid_has_no_cls_and_follows_the_hf_embedding(model):
+    """A region's positions are exactly the tokens whose HF patch embedding changes when its pixels change."""
+    from transformers import VideoMAEForVideoClassification
+
+    grid = model.grid
+    assert grid.first == 0 and grid.cls is None and grid.n_tokens == grid.n_tubelets == model.cfg.n_pos
+    assert grid.thw_to_pos(0, 0, 0) == 0 and grid.pos_to_thw(grid.n_tokens - 1) == tuple(s - 1 for s in grid.shape)
+    hf = VideoMAEForVideoClassification(make_hf_videomae(seed=9).config).eval()
+    x = pixels(model.cfg, batch=1, seed=1)
+    y = x.clone()
+    y[:, 4:6, :, 10:12, 17:25] += 1.0  # frames 4-5, rows 10-11, columns 17-24
+    with torch.no_grad():
+        changed = (hf.videomae.embeddings.patch_embeddings(y) - hf.videomae.embeddings.patch_embeddings(x)).abs()
+    hit = changed.amax(-1)[0].nonzero().flatten()
+    assert torch.equal(grid.positions(frames=range(4, 6), box=(17, 10, 25, 12)), hit)
+    assert grid.to_grid(torch.arange(grid.n_tokens)).flatten().tolist() == list(range(grid.n_tokens))
+    with pytest.raises(ValueError, match="no \\[CLS\\]"):
+        grid.positions(frames=[0], include_cls=True)

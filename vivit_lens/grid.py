@@ -5,7 +5,7 @@
     heat = grid.to_frames(per_token_scores)                        # [frames, height, width] for overlays
 
 HF ViViT order: position 0 is [CLS], then `pos = 1 + t * (H' * W') + row * W' + col` for the token
-grid (T', H', W') = `config.grid_shape`. Token (t, row, col) sees input frames `t*tt .. t*tt + tt - 1`
+grid (T', H', W') = `config.grid_shape` (VideoMAE has no [CLS]: `pos = t * (H' * W') + row * W' + col`). Token (t, row, col) sees input frames `t*tt .. t*tt + tt - 1`
 and pixels `x in [col*pw, (col+1)*pw)`, `y in [row*ph, (row+1)*ph)` of the (cropped, resized) model
 input, with tubelet (tt, ph, pw) = `config.tubelet_size`. Input frames or pixels beyond the last
 whole tubelet are seen by no token (the Conv3d drops the remainder, as in HF).
@@ -27,9 +27,8 @@ Selection = int | range | slice | Iterable[int] | torch.Tensor | None
 
 
 class TokenGrid:
-    """Maps token positions of a ViViT to the frames and pixels of its input, and back."""
-
-    cls: int = 0
+    """Maps token positions of a ViViT (or VideoMAE: no [CLS], `first = 0`) to the frames and pixels of its
+    input, and back."""
 
     def __init__(self, config: ViViTConfig):
         if not isinstance(config, ViViTConfig):
@@ -40,17 +39,19 @@ class TokenGrid:
         self.num_frames: int = config.num_frames
         self.height, self.width = config.image_size
         self.n_tubelets: int = config.n_tubelets
-        self.n_tokens: int = config.n_pos  # tubelets + [CLS]
+        self.n_tokens: int = config.n_pos  # tubelets + [CLS] if the model has one
+        self.first: int = config.n_pos - config.n_tubelets  # position of tubelet (0, 0, 0): 1 after [CLS], or 0
+        self.cls: int | None = 0 if self.first else None
 
     def __repr__(self) -> str:
         t, h, w = self.shape
         return (f"TokenGrid({t}x{h}x{w} tubelets of {self.tubelet} over {self.num_frames} frames of "
-                f"{self.height}x{self.width}; {self.n_tokens} tokens with [CLS] at 0)")
+                f"{self.height}x{self.width}; {self.n_tokens} tokens" + (" with [CLS] at 0)" if self.first else ")"))
 
     # Single tokens -------------------------------------------------------------------------------
     def pos_to_thw(self, pos: int | np.integer | torch.Tensor) -> tuple:
         """(t, row, col) of a tubelet token (ints, or LongTensors for a tensor of positions)."""
-        p = self._check_pos(pos) - 1
+        p = self._check_pos(pos) - self.first
         _, h, w = self.shape
         return p // (h * w), (p // w) % h, p % w
 
@@ -61,7 +62,7 @@ class TokenGrid:
             if low < 0 or high >= size:
                 raise ValueError(f"{name} must be in [0, {size}), got {value}")
         _, h, w = self.shape
-        return 1 + t * (h * w) + row * w + col
+        return self.first + t * (h * w) + row * w + col
 
     def frames_of(self, pos: int | np.integer) -> range:
         """Input frame indices the token sees."""
@@ -78,15 +79,16 @@ class TokenGrid:
         if isinstance(pos, torch.Tensor):
             if pos.is_floating_point() or pos.dtype == torch.bool:
                 raise ValueError(f"positions must be integers, got dtype {pos.dtype}")
-            bad = pos[(pos < 1) | (pos >= self.n_tokens)]
+            bad = pos[(pos < self.first) | (pos >= self.n_tokens)]
         elif isinstance(pos, (int, np.integer)) and not isinstance(pos, bool):
             pos = int(pos)
-            bad = [pos] if not 1 <= pos < self.n_tokens else []
+            bad = [pos] if not self.first <= pos < self.n_tokens else []
         else:
             raise ValueError(f"a position must be an int or an integer tensor, got {pos!r}")
         if len(bad):
-            raise ValueError(f"positions must be tubelet tokens in [1, {self.n_tokens}) (0 is [CLS], which has "
-                             f"no frames or pixels), got {bad.tolist() if isinstance(bad, torch.Tensor) else bad}")
+            cls = " (0 is [CLS], which has no frames or pixels)" if self.first else ""
+            raise ValueError(f"positions must be tubelet tokens in [{self.first}, {self.n_tokens}){cls}, "
+                             f"got {bad.tolist() if isinstance(bad, torch.Tensor) else bad}")
         return pos
 
     # Regions -------------------------------------------------------------------------------------
@@ -106,7 +108,9 @@ class TokenGrid:
             cs = cs[(cs >= x0 // pw) & (cs < -(-x1 // pw))]
         ts = ts[ts < t_size]  # frames past the last whole tubelet belong to no token
         t, r, c = np.meshgrid(np.unique(ts), np.unique(rs), np.unique(cs), indexing="ij")
-        pos = (1 + t * (h_size * w_size) + r * w_size + c).ravel()
+        pos = (self.first + t * (h_size * w_size) + r * w_size + c).ravel()
+        if include_cls and self.cls is None:
+            raise ValueError("include_cls: this model has no [CLS] token")
         if include_cls:
             pos = np.concatenate([[self.cls], pos])
         return torch.as_tensor(pos, dtype=torch.long)
@@ -130,7 +134,7 @@ class TokenGrid:
             raise ValueError(f"expected values [..., {self.n_tokens}] (with [CLS]) or [..., {self.n_tubelets}] "
                              f"(tubelets only), got shape {tuple(values.shape)}")
         if n == self.n_tokens:
-            values = values[..., 1:]
+            values = values[..., self.first:]
         t, h, w = self.shape
         return einops.rearrange(values, "... (t h w) -> ... t h w", t=t, h=h, w=w)
 

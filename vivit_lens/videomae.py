@@ -101,13 +101,6 @@ class HookedVideoMAE(HookedViViT):
     def readout_norm_name(self) -> str:
         return "fc_norm" if self.cfg.use_mean_pooling else "ln_final"
 
-    @property
-    def grid(self):
-        raise NotImplementedError(
-            "TokenGrid assumes [CLS] at position 0; for VideoMAE, position p is tubelet p = t*(H'*W') + row*W' + col "
-            f"over the grid {self.cfg.grid_shape}"
-        )
-
     # Loading and saving --------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
