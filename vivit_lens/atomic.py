@@ -91,4 +91,20 @@ class OutputFolder:
             self.tmp = None
 
 
-__all__ = ["OutputError", "OutputFolder"]
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write one file complete or not at all: into a temporary file beside it, then renamed into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["OutputError", "OutputFolder", "write_text"]
