@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
 run() { local name=$1; shift; echo "== $*"; "$@" 2>&1 | tee "benchmarks/results/$name.txt"; }
 run model python benchmarks/bench_model.py
+run videomae python benchmarks/bench_videomae.py --reps 7
 run video python benchmarks/bench_video.py
 run paths python benchmarks/bench_paths.py --senders 3 --json benchmarks/results/paths.json
 run patching python benchmarks/bench_patching.py --layers 3,8

@@ -151,3 +151,11 @@ def test_token_grid_has_no_cls_and_follows_the_hf_embedding(model):
     assert grid.to_grid(torch.arange(grid.n_tokens)).flatten().tolist() == list(range(grid.n_tokens))
     with pytest.raises(ValueError, match="no \\[CLS\\]"):
         grid.positions(frames=[0], include_cls=True)
+
+
+def test_cache_save_and_load_keeps_the_architecture(model, pair, tmp_path):
+    *_, clean_cache, _ = pair
+    clean_cache.save(tmp_path / "cache.safetensors")
+    loaded = type(clean_cache).load(tmp_path / "cache.safetensors")
+    assert type(loaded.cfg) is type(model.cfg) and loaded.cfg.to_hf_dict() == model.cfg.to_hf_dict()
+    assert list(loaded) == list(clean_cache) and torch.equal(loaded["hook_pooled"], clean_cache["hook_pooled"])

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vivit_lens.config import ConfigError, _read_json
+from vivit_lens.config import ConfigError, ViViTConfig, _read_json
 
 
 def _architectures() -> dict[str, tuple[type, Callable[[Any, Path, str], None]]]:
@@ -28,6 +28,17 @@ def _architectures() -> dict[str, tuple[type, Callable[[Any, Path, str], None]]]
 
 def known_model_types() -> tuple[str, ...]:
     return tuple(_architectures())
+
+
+def config_from_hf_dict(d: dict[str, Any]) -> ViViTConfig:
+    """The config of the architecture `d["model_type"]` names (a dict without one is a ViViT's, as before)."""
+    from vivit_lens.videomae_config import VideoMAEConfig
+
+    classes = {c.MODEL_TYPE: c for c in (ViViTConfig, VideoMAEConfig)}
+    model_type = d.get("model_type", ViViTConfig.MODEL_TYPE) if isinstance(d, dict) else None
+    if model_type not in classes:
+        raise ConfigError(f"model_type {model_type!r} is not one vivit_lens knows ({', '.join(map(repr, classes))})")
+    return classes[model_type].from_hf_dict(d)
 
 
 def model_class(config_path: str | Path) -> type:

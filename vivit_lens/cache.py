@@ -216,7 +216,9 @@ class ActivationCache(Mapping[str, Tensor]):
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        cfg = ViViTConfig.from_hf_dict(json.loads(meta["config"])) if "config" in meta else None
+        from vivit_lens.auto import config_from_hf_dict
+
+        cfg = config_from_hf_dict(json.loads(meta["config"])) if "config" in meta else None
         tensors = load_file(str(path))
         weights = {k[len(WEIGHT_PREFIX):]: v for k, v in tensors.items() if k.startswith(WEIGHT_PREFIX)}
         order = json.loads(meta["order"]) if "order" in meta else sorted(tensors)
