@@ -47,27 +47,31 @@ DEFINITIONS = {
     "clean / corrupt": "clean = the success clip (e.g. strike), corrupt = the failure clip (e.g. gutter ball); "
                        "patching runs the corrupt clip and patches in clean activations (denoising).",
     "delta_cascade": "for each layer l and hook, the L2 norm of act_clean - act_corrupt over d_model: at the [CLS] "
-                     "token ('cls') and averaged over all tokens ('token_mean', the paper's Figure 1).",
+                     "token ('cls') and averaged over all tokens ('token_mean', Figure 1 of the paper).",
     "dla": "direct logit attribution: each component's write to the final [CLS] residual, centred and divided by "
            "the final LayerNorm scale of the run (frozen), dotted with ln_final.w * W_U[:, class]; the components "
            "plus 'bias' sum to the logit exactly.",
     "dla_tokens": "the part of every head's [CLS] output read from each source token "
                   "(pattern[h, CLS, s] * v[s, h] @ W_O[h]), attributed to the class logit as above and summed over "
-                  "layers and heads; map[t, p] is tubelet time t, spatial token p = row * W' + col.",
+                  "layers and heads; map[t][row][col] is the tubelet at time t, token row and column.",
     "cls_attention": "softmax attention weight of the [CLS] query on each tubelet token, per layer and head.",
-    "region_mass": "sum of a head's [CLS] attention on the region's tokens.",
+    "region": "the outcome region: a pixel box x0,y0,x1,y1 (model-input pixels, x1 and y1 exclusive) in input "
+              "frames [a, b), and the tubelet tokens that touch it.",
+    "region_mass": "sum of a head's [CLS] attention on the region's tokens; region_mass_ratio divides it by the "
+                   "share uniform attention would put there.",
     "ablation_pixels": "the region's pixels set to 0 in the model's normalised input space (what 'zeroing' "
                        "pixel_values does; grey for the default preprocessing), then a forward pass.",
     "ablation_tokens": "the region's tokens set to 0 at blocks.0.hook_resid_pre (embedding + position "
                        "embedding), then a forward pass.",
     "recovery_norm": "100 * ||r_patched - r_corrupt|| / ||r_clean - r_corrupt||: direction-blind size of the change.",
     "path_effect": "path patching (frozen): the sender's clean-minus-corrupt write reaches only the receiver, along the "
-                   "direct residual path; every other component keeps its corrupt value. Same % units as recovery.",
+                   "direct residual path; every other component keeps its corrupt value. Same % units as recovery. "
+                   "A head in layer L writes after MLP l < L reads: those paths do not exist (unreachable, not 0).",
     "attribution": "attribution patching: (a_clean - a_corrupt) . d(metric)/da in the corrupt run, the first-order "
                    "estimate of each patching effect; agreement = Pearson / Spearman correlation with the exact "
                    "values and the overlap of the k largest |values|.",
-    "bootstrap_ci": "percentile bootstrap over pairs of the mean: {n_boot} resamples with replacement (numpy, seed "
-                    "{seed}); [2.5%, 97.5%] quantiles of the resampled means.",
+    "bootstrap_ci": "percentile bootstrap over pairs of the mean: resamples of the pairs with replacement (numpy); "
+                    "[2.5%, 97.5%] quantiles of the resampled means.",
     "probe": "per-layer logistic-regression probe on the [CLS] residual (blocks.l.hook_resid_post) of clean and "
              "corrupt clips, label = outcome (1 = success, 0 = failure); test = accuracy of grouped k-fold "
              "out-of-fold predictions (a pair's two clips always in one fold), 95% CI by bootstrap over pairs; "
@@ -78,6 +82,21 @@ DEFINITIONS = {
     "hidden": "the outcome is hidden from the label when both clips of a pair get the same top-1 class "
               "(same_top1_fraction) and that class is the action (action_accuracy, over both clips).",
 }
+# The terms each report uses (a report lists only the definitions that apply to it).
+ANALYSIS_TERMS = ("clean / corrupt", "delta_cascade", "dla", "dla_tokens", "cls_attention", "region", "region_mass",
+                  "ablation_pixels", "ablation_tokens", "recovery_norm", "path_effect", "attribution")
+STUDY_TERMS = ("clean / corrupt", "delta_cascade", "region", "region_mass", "ablation_pixels", "ablation_tokens",
+               "bootstrap_ci", "probe", "transfer", "hidden")
+
+
+def definitions(kind: str, *, n_boot: int | None = None, seed: int | None = None) -> dict[str, str]:
+    """The definitions an `"analysis"` or a `"study"` report uses; a study's bootstrap names its resamples and seed."""
+    terms = {"analysis": ANALYSIS_TERMS, "study": STUDY_TERMS}[kind]
+    out = {k: DEFINITIONS[k] for k in terms}
+    if kind == "study" and n_boot is not None:
+        out["bootstrap_ci"] = (f"percentile bootstrap over pairs of the mean: {n_boot} resamples of the pairs with "
+                               f"replacement (numpy, seed {seed}); [2.5%, 97.5%] quantiles of the resampled means.")
+    return out
 
 
 class PairError(ValueError):
@@ -169,6 +188,16 @@ def region_from_spec(model, spec: Mapping, clip_indices: Sequence[int] | np.ndar
         return None
 
 
+def spec_xyxy(spec: Mapping) -> dict:
+    """A pair's spec for the outputs, its box in the one convention every output uses: `box_xyxy` = x0, y0, x1, y1
+    (the synthetic renderer's `box` is top, left, bottom, right, in source pixels)."""
+    out = {k: v for k, v in spec.items() if k != "box"}
+    if "box" in spec:
+        top, left, bottom, right = spec["box"]
+        out["box_xyxy_source_pixels"] = [left, top, right, bottom]
+    return out
+
+
 # Pairs --------------------------------------------------------------------------------------------
 @dataclass
 class PairInput:
@@ -212,8 +241,8 @@ def load_pair(model, clean_path: str | Path, corrupt_path: str | Path) -> PairIn
     if spec_file.is_file() and spec_file == Path(corrupt_path).parent / "spec.json":
         try:
             spec = json.loads(spec_file.read_text())
-            meta["spec"] = spec
             region = region_from_spec(model, spec, a.indices, tuple(a.frames.shape[1:3]))
+            meta["spec"] = spec_xyxy(spec)
         except (json.JSONDecodeError, OSError) as e:
             logger.warning("ignoring %s: %s", spec_file, e)
     return PairInput(Path(clean_path).parent.name or "pair", clean, corrupt, region, meta)
@@ -236,7 +265,7 @@ def generate_pairs(model, action: str, n: int, seed: int = 0, progress: bool = F
         spec_d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(spec).items()}
         region = region_from_spec(model, spec_d, indices, size)
         pairs.append(PairInput(f"{action}-{seed + i}", pixels[:1], pixels[1:], region,
-                               {"action": action, "seed": seed + i, "spec": spec_d}))  # fmt: skip
+                               {"action": action, "seed": seed + i, "spec": spec_xyxy(spec_d)}))  # fmt: skip
     return pairs
 
 
@@ -432,7 +461,7 @@ def analyze_pair(
             raise PairError(f"no signal to recover: {e}") from None
         res["patching"] = {"formula": RECOVERY_FORMULA.format(hook=signal_hook, positions=signal_positions),
                            "layers": list(range(s + 1))}  # fmt: skip
-    opts = dict(batch_size=batch_size, progress=progress)
+    opts = dict(batch_size=batch_size, progress=False)  # one bar on screen: the steps bar names the sweep it is in
     if "patching" in steps:
         with bar("patching"):
             res["patching"].update(_block_patching(model, corrupt, cache_c, cache_r, metric, s, signal_pos, norm_recovery,
@@ -482,12 +511,12 @@ def _dla(model, cache_c, cache_r, cls: int, logits_c: Tensor, logits_r: Tensor) 
     maps, cls_self = {}, {}
     for name, cache in (("clean", cache_c), ("corrupt", cache_r)):
         per_pos = cache.dla_tokens(cls, model=model)[:, :, 0].sum((0, 1))  # [pos]
-        maps[name] = model.grid.to_grid(per_pos).reshape(t, h * w)
+        maps[name] = model.grid.to_grid(per_pos).reshape(t, h, w)
         cls_self[name] = float(per_pos[0])
     out["tokens"] = {
         "grid_shape": [t, h, w], "clean": _list(maps["clean"]), "corrupt": _list(maps["corrupt"]),
         "difference": _list(maps["clean"] - maps["corrupt"]),
-        "per_frame_clean": _list(maps["clean"].sum(-1)), "per_frame_corrupt": _list(maps["corrupt"].sum(-1)),
+        "per_frame_clean": _list(maps["clean"].sum((1, 2))), "per_frame_corrupt": _list(maps["corrupt"].sum((1, 2))),
         "cls_self_clean": cls_self["clean"], "cls_self_corrupt": cls_self["corrupt"],
         "total_clean": float(maps["clean"].sum()),
     }  # fmt: skip
@@ -586,8 +615,10 @@ def _paths(model, clean, corrupt, metric, res: dict, s: int, n_composers: int, o
     out["into_mlps"] = []
     for l in composers:
         into = pp.senders_into(MLPInput(l), senders="heads")
-        m = into.heads()
-        order = torch.argsort(m.abs().reshape(-1), descending=True, stable=True)[:5].tolist()
+        m = into.heads().double()
+        m[l + 1 :] = float("nan")  # a head after MLP l cannot write into its input: unreachable, stored as null
+        reach = m[: l + 1].abs().reshape(-1)  # the reachable heads come first in layer-major order
+        order = torch.argsort(reach, descending=True, stable=True)[:5].tolist()
         out["into_mlps"].append({
             "mlp_layer": l, "mlp_recovery": float(mlp[l]), "heads": _list(m),
             "top_heads": [{"layer": o // cfg.n_heads, "head": o % cfg.n_heads, "effect": float(m.reshape(-1)[o])}
@@ -874,7 +905,7 @@ def provenance(model, model_name: str | None = None, **extra: Any) -> dict:
 
 
 __all__ = [
-    "DEFINITIONS", "PairError", "PairInput", "RECOVERY_FORMULA", "Region", "STEPS", "analyze_pair", "bootstrap_ci",
+    "ANALYSIS_TERMS", "DEFINITIONS", "PairError", "PairInput", "RECOVERY_FORMULA", "Region", "STEPS", "analyze_pair", "bootstrap_ci",
     "display_frames", "findings_lines", "generate_pairs", "jsonable", "load_pair", "model_findings", "provenance", "region_from_difference",
-    "region_from_spec", "resolve_class", "study",
+    "region_from_spec", "resolve_class", "spec_xyxy", "study", "STUDY_TERMS", "definitions",
 ]  # fmt: skip

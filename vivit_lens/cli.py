@@ -1,5 +1,9 @@
 """`vivit-lens`: the paper's analysis of a minimal pair (`analyze`) and over many pairs (`study`), from the shell.
 
+The paper: Sai Chereddy, "Attention Gathers, MLPs Compose: A Causal Analysis of an Action-Outcome Circuit in
+VideoViT" (arXiv:2603.11142, 2026); its Table 1 (region ablation), Table 2 (attention vs MLP patching) and
+Figure 1 (the activation-delta cascade) are what the reports reproduce.
+
     vivit-lens analyze                                   # the shipped tiny model and bowling pair -> ./vivit_lens_report/
     vivit-lens analyze strike.mp4 gutter.mp4 --model google/vivit-b-16x2-kinetics400 --out out/
     vivit-lens study --pairs 20                          # bowling and golf_putt pairs, 95% bootstrap CIs
@@ -8,7 +12,8 @@ Exit codes: 0 done, 2 bad input (a one-line message on stderr, no traceback), 1 
 The work is done by `vivit_lens.analysis` (numbers) and `vivit_lens.report` (files). Outputs are complete or
 absent: they are written into a temporary folder beside `--out` and moved into place when finished; a
 non-empty `--out` is replaced only with `--overwrite`, and only then. Progress bars go to stderr when it is a
-terminal; `--quiet` prints nothing but errors. The memory guard (refusing runs that cannot fit before
+terminal (one bar at a time, cleared when done; none into a log or pipe); `--quiet` prints nothing but errors.
+Both commands end with a short summary of the headline numbers and where each output went. The memory guard (refusing runs that cannot fit before
 computing them) is turned off with VIVIT_LENS_NO_MEMORY_GUARD=1.
 """
 
@@ -34,10 +39,11 @@ class UsageError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vivit_lens import __version__
+    from vivit_lens import __version__, paper
 
     p = argparse.ArgumentParser(prog="vivit-lens", description="Mechanistic analysis of ViViT video classifiers "
-                                "on outcome minimal pairs (clean = success clip, corrupt = failure clip).",
+                                "on outcome minimal pairs (clean = success clip, corrupt = failure clip), "
+                                f"reproducing {paper.CITATION}: its Table 1, Table 2 and Figure 1.",
                                 epilog="Environment: VIVIT_LENS_NO_MEMORY_GUARD=1 lets runs go that the memory guard "
                                        "would refuse as too large for the memory available; HF_HUB_OFFLINE=1 reads "
                                        "hub ids from the local Hugging Face cache only.")  # fmt: skip
@@ -64,10 +70,15 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps (default: cpu)")
         q.add_argument("--dtype", default="float32",
                        help="the model's float type: float32, bfloat16, float16 or float64 (default: float32)")
+        q.add_argument("--format", dest="formats", default="html,json", metavar="LIST",
+                       help="outputs, comma-separated from html (report.html + figures/*.png), json (results.json), "
+                            "csv (csv/*.csv, tidy tables for pandas); default: html,json")  # fmt: skip
 
     a = sub.add_parser("analyze", help="analyse one clean/corrupt pair and write report.html + results.json",
                        description="Run the paper's analysis on one minimal pair (with no videos: the shipped "
-                                   "bowling pair) and write report.html, results.json and figures/*.png.")  # fmt: skip
+                                   "bowling pair) and write report.html, results.json and figures/*.png: "
+                                   "Table 1 (region ablation), Table 2 (attention vs MLP patching) and Figure 1 "
+                                   f"(activation delta) of {paper.SHORT}, and the steps around them.")  # fmt: skip
     a.add_argument("clean", nargs="?", help="the success clip (e.g. strike.mp4)")
     a.add_argument("corrupt", nargs="?", help="the failure clip (e.g. gutter.mp4)")
     common(a, "vivit_lens_report")
@@ -176,6 +187,7 @@ def _resolve_class(model, name: str | None):
 
 def _check_common(args) -> None:
     from vivit_lens.placement import PlacementError, parse_device, parse_dtype
+    from vivit_lens.report import FORMATS
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -185,6 +197,11 @@ def _check_common(args) -> None:
         raise UsageError(f"{e}".replace("device ", "--device ", 1).replace("dtype ", "--dtype ", 1)) from None
     if args.device.type == "meta":
         raise UsageError("--device meta holds no values, so there is nothing to report; use cpu, cuda or mps")
+    formats = [f.strip() for f in str(args.formats).split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UsageError(f"--format must be a comma-separated list of {', '.join(FORMATS)}, got {args.formats!r}")
+    args.formats = tuple(dict.fromkeys(formats))
 
 
 def _output(args, *inputs):
@@ -194,11 +211,18 @@ def _output(args, *inputs):
     return OutputFolder(args.out, overwrite=args.overwrite, protect=[p for p in inputs if p])
 
 
-def _write(out, write, log, t0: float) -> None:
-    """`write(folder)` into the temporary folder, then move it into place; logs where it went."""
+WHAT = {"report": "report", "figures": "figures", "results": "results", "csv": "tables (csv)"}
+
+
+def _write(out, write, log, t0: float, headline: list[str]) -> None:
+    """`write(folder)` into the temporary folder, then move it into place; ends with the headline numbers and
+    where each output went."""
     paths = {k: out.final(v) for k, v in write(out.tmp).items()}
     out.commit()
-    log(f"wrote {paths['report']}, {paths['results']} and {paths['figures']}/ in {time.perf_counter() - t0:.1f} s")
+    lines = ["summary:", *(f"  {line}" for line in headline)]
+    lines += [f"{WHAT[k] + ':':15s}{paths[k]}{'/' if k in ('figures', 'csv') else ''}" for k in WHAT if k in paths]
+    lines.append(f"wrote them in {time.perf_counter() - t0:.1f} s")
+    log("\n".join(lines))
 
 
 def _check_signal_layer(model, layer: int | None) -> None:
@@ -228,6 +252,7 @@ def cmd_analyze(args, log) -> int:
 
 def _analyze(args, log, out, clean_path: str, corrupt_path: str, t0: float) -> int:
     from vivit_lens import analysis, report
+    from vivit_lens.summary import analysis_headline
 
     model, name = _load_model(args.model, args)
     _check_signal_layer(model, args.signal_layer)
@@ -239,11 +264,17 @@ def _analyze(args, log, out, clean_path: str, corrupt_path: str, t0: float) -> i
                                 signal_layer=args.signal_layer, signal_positions=args.signal_positions,
                                 top_heads=args.top_heads, n_composers=args.composers, batch_size=args.batch_size,
                                 progress=args.progress)  # fmt: skip
-    res["definitions"] = analysis.DEFINITIONS
+    res["definitions"] = analysis.definitions("analysis")
     res["meta"] = analysis.provenance(model, name, inputs=pair.meta, command=["vivit-lens", *args.argv])
     res["timings_s"]["total_before_report"] = time.perf_counter() - t0
-    frames = analysis.display_frames(pair.clean, model.processor)
-    _write(out, lambda folder: report.write_analysis(res, folder, frames=frames, progress=args.progress), log, t0)
+    frames = views = None
+    if "html" in args.formats:
+        from vivit_lens.interactive import analysis_views
+
+        frames = analysis.display_frames(pair.clean, model.processor)
+        views = analysis_views(model, pair.clean, pair.corrupt, analysis.jsonable(res))
+    _write(out, lambda folder: report.write_analysis(res, folder, frames=frames, views=views, formats=args.formats,
+                                                     progress=args.progress), log, t0, analysis_headline(res))
     return EXIT_OK
 
 
@@ -368,6 +399,7 @@ def _runner(args, model, log):
 
 def _study(args, log, out, actions: list[str], t0: float) -> int:
     from vivit_lens import analysis, report
+    from vivit_lens.summary import study_headline
 
     model, name = _load_model(args.model, args)
     _check_signal_layer(model, args.signal_layer)
@@ -395,12 +427,11 @@ def _study(args, log, out, actions: list[str], t0: float) -> int:
     finally:
         if runner is not None:
             runner.close()
-    st["definitions"] = {**analysis.DEFINITIONS,
-                         "bootstrap_ci": analysis.DEFINITIONS["bootstrap_ci"].format(n_boot=args.bootstrap,
-                                                                                     seed=args.seed)}  # fmt: skip
+    st["definitions"] = analysis.definitions("study", n_boot=args.bootstrap, seed=args.seed)
     st["meta"] = analysis.provenance(model, name, pairs=source, command=["vivit-lens", *args.argv])
     st["timings_s"] = {"total_before_report": time.perf_counter() - t0}
-    _write(out, lambda folder: report.write_study(st, folder, progress=args.progress), log, t0)
+    _write(out, lambda folder: report.write_study(st, folder, formats=args.formats, progress=args.progress), log, t0,
+           study_headline(analysis.jsonable(st)))
     return EXIT_OK
 
 

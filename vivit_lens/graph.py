@@ -226,10 +226,8 @@ class Circuit:
         L, H = self.n_layers, self.n_heads
         fig = Figure(figsize=(max(6.0, 1.05 * (2 * L + 2)), max(3.5, 0.55 * H + 2)))
         ax = fig.add_subplot()
-        for l in range(L):  # the skeleton: every component, faint; a band per layer
+        for l in range(L):  # a band per layer; only the circuit's own nodes are drawn
             ax.axvspan(2 * l + 0.5, 2 * l + 2.5, color="0.94" if l % 2 == 0 else "0.98", zorder=0)
-            ax.scatter([2 * l + 1] * H, range(H), s=40, marker="o", facecolor="none", edgecolor="0.8", zorder=1)
-            ax.scatter([2 * l + 2], [(H - 1) / 2], s=70, marker="s", facecolor="none", edgecolor="0.8", zorder=1)
         scored = [abs(n.score) for n in self.nodes.values() if n.score is not None]
         vmax = max(scored, default=1.0) or 1.0
         norm = TwoSlopeNorm(0.0, -vmax, vmax)
@@ -262,13 +260,19 @@ class Circuit:
         ax.set_ylim(-1.2, H - 0.3)
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
-        handles = [
-            Line2D([], [], marker="o", ls="", mfc="white", mec="black", label="attention head"),
-            Line2D([], [], marker="s", ls="", mfc="white", mec="black", label="MLP"),
-            Line2D([], [], color="#2166ac", label="+ score"), Line2D([], [], color="#b2182b", label="- score"),
-            Line2D([], [], color="0.3", ls="-", label="q / mlp in / resid"),
-            Line2D([], [], color="0.3", ls="--", label="k"), Line2D([], [], color="0.3", ls=":", label="v"),
-        ]  # fmt: skip
+        # the legend names only what is drawn: node kinds, edge signs and the input line styles present
+        kinds = {n.kind for n in self.nodes.values()}
+        handles = [Line2D([], [], marker=m, ls="", mfc="white", mec="black", label=t)
+                   for k, m, t in (("head", "o", "attention head"), ("mlp", "s", "MLP")) if k in kinds]
+        signs = {e.score > 0 for e in self.edges}
+        handles += [Line2D([], [], color=c, label=t) for pos, c, t in ((True, "#2166ac", "+ score"),
+                                                                     (False, "#b2182b", "- score")) if pos in signs]
+        inputs = {e.input for e in self.edges}
+        solid = [t for k, t in (("q", "q"), ("mlp", "MLP input"), ("resid", "residual")) if k in inputs]
+        lines = ([("-", " / ".join(solid))] if solid else []) + [(ls, k) for k, ls in (("k", "--"), ("v", ":"))
+                                                                 if k in inputs]
+        if len(lines) > 1:  # one line style needs no key
+            handles += [Line2D([], [], color="0.3", ls=ls, label=f"into {t}") for ls, t in lines]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
         if scored:
             from matplotlib.cm import ScalarMappable

@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -43,14 +44,17 @@ def _caption(fig: Figure, text: str, y: float = 0.005) -> None:
     fig.text(0.01, y, text, fontsize=7.5, ha="left", va="bottom", wrap=True, color="0.25")
 
 
-def _annotate(ax, m: np.ndarray, fmt: str = "{:.0f}") -> None:
+def _annotate(ax, m: np.ndarray, fmt: str = "{:.0f}", fontsize: float = 8.0, vmax: float | None = None) -> None:
+    """Each cell's value, white on the dark end of the colour scale (`vmax`: its end; default the map's max)."""
     if m.size > 400:
         return
-    norm = np.nanmax(np.abs(m)) or 1.0
+    norm = vmax if vmax is not None else np.nanmax(np.abs(m)) if np.isfinite(m).any() else 1.0
     for (i, j), v in np.ndenumerate(m):
         if np.isfinite(v):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6.5,
-                    color="white" if abs(v) > 0.6 * norm else "black")  # fmt: skip
+            text = fmt.format(v)
+            text = text[1:] if text.startswith("-") and float(text[1:]) == 0 else text  # no "-0.0"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
+                    color="white" if abs(v) > 0.6 * (norm or 1.0) else "black")  # fmt: skip
 
 
 def _frame_label(t: int, tt: int) -> str:
@@ -78,26 +82,58 @@ def delta_cascade(res: Mapping) -> Figure:
     return fig
 
 
-def dla_heatmap(res: Mapping, tubelet_t: int = 2) -> Figure:
-    """Direct logit attribution per source token: tubelet time x spatial token, clean and clean - corrupt."""
+def _token_panels(fig, rows: Sequence[tuple[str, np.ndarray]], frames: np.ndarray | None, tubelet: Sequence[int],
+                  cmap: str, norm, max_cols: int = 8) -> tuple[np.ndarray, object]:
+    """One panel per tubelet time: the middle input frame of the tubelet (dimmed) under the token map
+    `[row col]`; `rows` = (title, map[t][row][col]) drawn one after another, wrapping after `max_cols` panels.
+    Returns the axes grid and the last image (for a colour bar)."""
+    t_len = rows[0][1].shape[0]
+    cols = min(t_len, max_cols)
+    per = math.ceil(t_len / cols)
+    grid = fig.subplots(per * len(rows), cols, squeeze=False)
+    tt, ph, pw = tubelet
+    im = None
+    for r, (title, m) in enumerate(rows):
+        for t in range(per * cols):
+            ax = grid[r * per + t // cols, t % cols]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if t >= t_len:
+                ax.set_visible(False)
+                continue
+            h, w = m.shape[1:]
+            extent = (-0.5, w * pw - 0.5, h * ph - 0.5, -0.5)
+            if frames is not None:
+                frame = frames[min(t * tt + tt // 2, len(frames) - 1)].mean(-1)
+                ax.imshow(frame, cmap="gray", vmin=0, vmax=255 * 1.6, interpolation="nearest",
+                          extent=(-0.5, frame.shape[1] - 0.5, frame.shape[0] - 0.5, -0.5))  # fmt: skip
+            im = ax.imshow(m[t], cmap=cmap, norm=norm, alpha=0.8 if frames is not None else 1.0, extent=extent,
+                           interpolation="nearest")  # fmt: skip
+            ax.set_xlim(extent[0], extent[1])
+            ax.set_ylim(extent[2], extent[3])
+            if t % cols == 0:
+                ax.set_ylabel(title, fontsize=8.5)
+            ax.set_title(_frame_label(t, tt), fontsize=8)
+    return grid, im
+
+
+def dla_heatmap(res: Mapping, frames: np.ndarray | None = None, tubelet: Sequence[int] | None = None) -> Figure:
+    """Direct logit attribution per source token, drawn on the frames: one panel per tubelet time (token rows x
+    columns over the tubelet's middle frame), clean and clean - corrupt, diverging colours centred at zero."""
     d = res["dla"]["tokens"]
     t, h, w = d["grid_shape"]
-    fig = Figure(figsize=(11, 1.6 + 0.32 * t + 0.9), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    label = res["class"]["label"]
-    for ax, key, title in ((axes[0], "clean", f"clean clip: contribution to '{label}'"),
-                           (axes[1], "difference", "clean - corrupt")):  # fmt: skip
-        m = _grid(d[key])
-        im = ax.imshow(m, aspect="auto", cmap=DIVERGING, norm=_sym_norm(m), interpolation="nearest")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(f"spatial token index (row * {w} + column)")
-        fig.colorbar(im, ax=ax, label="logit contribution (logits)", shrink=0.9)
-    axes[0].set_yticks(range(t))
-    axes[0].set_yticklabels([_frame_label(i, tubelet_t) for i in range(t)], fontsize=7)
-    axes[0].set_ylabel("tubelet time")
-    fig.suptitle("Direct logit attribution by source token (through every head's [CLS] output)", fontsize=11)
+    tubelet = tubelet or (2, 1, 1)
+    clean, diff = np.asarray(d["clean"], float).reshape(t, h, w), np.asarray(d["difference"], float).reshape(t, h, w)
+    cols = min(t, 8)
+    n_rows = 2 * math.ceil(t / cols)
+    fig = Figure(figsize=(1.45 * cols + 1.6, 1.55 * n_rows + 0.9), layout="constrained")
+    norm = _sym_norm(np.concatenate([clean.ravel(), diff.ravel()]))
+    grid, im = _token_panels(fig, [("clean", clean), ("clean - corrupt", diff)], frames, tubelet, DIVERGING, norm)
+    fig.colorbar(im, ax=grid.ravel().tolist(), label=f"contribution to '{res['class']['label']}' (logits)",
+                 shrink=0.8, pad=0.01)  # fmt: skip
+    fig.suptitle("Direct logit attribution per source token, through every head's [CLS] output (token grid on the "
+                 "middle frame of each tubelet; 0 = white)", fontsize=9.5)  # fmt: skip
     return fig
-
 
 def dla_components(res: Mapping) -> Figure:
     """Direct logit attribution of each residual writer (embeddings, attention and MLP of every layer)."""
@@ -137,7 +173,7 @@ def cls_attention(res: Mapping, frames: np.ndarray, tubelet: Sequence[int], max_
         vmax = float(np.nanmax(m)) or 1.0
         for j, ti in enumerate(cols):
             ax = grid[i, j]
-            ax.imshow(frames[min(ti * tt + tt // 2, len(frames) - 1)])  # the middle frame of the tubelet
+            ax.imshow(frames[min(ti * tt + tt // 2, len(frames) - 1)], interpolation="nearest")  # the tubelet's middle frame
             up = np.kron(m[ti], np.ones((ph, pw)))
             canvas = np.zeros((H, W))
             canvas[: up.shape[0], : up.shape[1]] = up[:H, :W]
@@ -163,9 +199,10 @@ def _grid_3d(x) -> np.ndarray:
 
 
 def ablation(res: Mapping) -> Figure:
-    """Top-k logits before and after ablating the outcome region (the paper's Table 1), pixels and tokens."""
+    """Top-k logits before and after ablating the outcome region (Table 1 of the paper), pixels and tokens; each
+    class's change is printed under its name, clear of the bars."""
     ab = res["ablation"]
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     titles = {"pixels": "region pixels set to 0 (normalised input)", "tokens": "region tokens zeroed (blocks.0 input)"}
     for ax, key in zip(axes, ("pixels", "tokens")):
@@ -173,21 +210,20 @@ def ablation(res: Mapping) -> Figure:
         x = np.arange(len(rows))
         ax.bar(x - 0.2, [r["original"] for r in rows], 0.4, color="0.35", label="original")
         ax.bar(x + 0.2, [r["ablated"] for r in rows], 0.4, color="#d6604d", label="ablated")
-        for xi, r in zip(x, rows):
-            ax.annotate(f"{r['change']:+.3f}", (xi + 0.2, r["ablated"]), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")  # fmt: skip
         ax.set_xticks(x)
-        ax.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_xticklabels([f"{r['label']}\n{r['change']:+.3f}" for r in rows], fontsize=8, rotation=25,
+                           ha="right", rotation_mode="anchor")  # fmt: skip
+        ax.set_xlabel("class (change of its logit after ablation)", fontsize=8.5)
         ax.set_title(titles[key], fontsize=10)
         ax.axhline(0, color="black", lw=0.8)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("logit")
     axes[0].legend(fontsize=8)
     reg = res["region"]
-    fig.suptitle(f"Region ablation: top classes before vs after (region: {reg['n_tokens']} tokens, box x0,y0,x1,y1 = "
-                 f"{tuple(reg['box_xyxy'])}, frames {reg['frames'][0]}-{reg['frames'][1] - 1})", fontsize=10)  # fmt: skip
+    fig.suptitle(f"Region ablation, top classes before vs after (Table 1 of the paper; region: {reg['n_tokens']} "
+                 f"tokens, box x0,y0,x1,y1 = {tuple(reg['box_xyxy'])}, frames {reg['frames'][0]}-{reg['frames'][1] - 1})",
+                 fontsize=10)  # fmt: skip
     return fig
-
 
 def _recovery_axes(ax, layers, title: str, clean_label: str | None = None) -> None:
     """Axes of a recovery-per-layer bar chart: 0 and 100% lines, layer ticks, labels, legend."""
@@ -202,28 +238,24 @@ def _recovery_axes(ax, layers, title: str, clean_label: str | None = None) -> No
 
 
 def recovery(res: Mapping) -> Figure:
-    """Signal recovery of patching each attention block vs each MLP block (the paper's Figure 2 / Table 2)."""
+    """Signal recovery of patching each attention block vs each MLP block (Figure 2 and Table 2 of the paper)."""
     p = res["patching"]
     layers = np.asarray(p["layers"])
-    fig = Figure(figsize=(max(7, 0.7 * len(layers) + 3), 4.8), layout="constrained")
+    fig = Figure(figsize=(max(7, 0.7 * len(layers) + 3), 4.5), layout="constrained")
     ax = fig.add_subplot()
     ax.bar(layers - 0.2, _arr(p["attention"]), 0.4, color=ATTN_COLOR, label="attention block (attn_out)")
     ax.bar(layers + 0.2, _arr(p["mlp"]), 0.4, color=MLP_COLOR, label="MLP block (mlp_out)")
-    _recovery_axes(ax, layers, f"Patching clean -> corrupt: % of the signal at {res['signal']['hook']} recovered",
-                   "100% = clean run")  # fmt: skip
-    fig.get_layout_engine().set(rect=(0, 0.09, 1, 0.91))
-    _caption(fig, "recovery = 100 * <r_patched - r_corrupt, r_clean - r_corrupt> / ||r_clean - r_corrupt||^2, r = "
-                  f"residual at {res['signal']['hook']} ({res['signal']['positions']} position(s))")  # fmt: skip
+    _recovery_axes(ax, layers, f"Patching clean -> corrupt: % of the signal at {res['signal']['hook']} "
+                               f"({res['signal']['positions']}) recovered", "100% = clean run")  # fmt: skip
     return fig
-
 
 def head_patching(res: Mapping) -> Figure:
     """Signal recovery of patching each head's output (hook_z, every position): a `[layer head]` map."""
     m = _grid(res["patching"]["heads"])
-    fig = Figure(figsize=(max(5, 0.55 * m.shape[1] + 2.5), max(3.5, 0.45 * m.shape[0] + 1.8)), layout="constrained")
+    fig = Figure(figsize=(max(5, 0.8 * m.shape[1] + 2.5), max(3.5, 0.6 * m.shape[0] + 1.8)), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap=DIVERGING, norm=_sym_norm(m), aspect="auto")
-    _annotate(ax, m)
+    _annotate(ax, m, "{:.1f}", fontsize=9.0 if m.shape[1] <= 8 else 7.0)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(m.shape[1]))
@@ -232,47 +264,63 @@ def head_patching(res: Mapping) -> Figure:
     ax.set_title("Per-head activation patching (head output, all positions)", fontsize=10)
     return fig
 
+def _unreachable_map(ax, m: np.ndarray, norm: TwoSlopeNorm | None = None) -> object:
+    """A `[layer head]` path map with the heads that cannot reach the receiver hatched grey, not drawn as 0."""
+    cmap = colormaps[DIVERGING].with_extremes(bad="0.88")
+    norm = norm or _sym_norm(m)
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, norm=norm, aspect="auto")
+    for (l, h), v in np.ndenumerate(m):
+        if not np.isfinite(v):
+            ax.add_patch(Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.6", lw=0))
+    _annotate(ax, m, "{:.1f}", fontsize=8.5 if m.shape[1] <= 8 else 6.5, vmax=norm.vmax)
+    ax.set_xticks(range(m.shape[1]))
+    ax.set_yticks(range(m.shape[0]))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer of the sending head")
+    return im
 
-def paths(res: Mapping) -> Figure:
-    """Path patching: direct paths of every head and MLP to the final residual, and heads into the composer MLPs."""
-    pth = res["paths"]
-    into = pth.get("into_mlps", [])
-    direct = pth.get("direct_to_final")
-    n = (2 if direct else 0) + len(into)
-    fig = Figure(figsize=(3.6 * max(n, 1) + 1, 4.2), layout="constrained")
-    axes = fig.subplots(1, max(n, 1), squeeze=False)[0]
-    i = 0
-    if direct:
-        m = _grid(direct["heads"])
-        im = axes[0].imshow(m, cmap=DIVERGING, norm=_sym_norm(m), aspect="auto")
-        _annotate(axes[0], m)
-        axes[0].set_title("heads -> final [CLS] (direct)", fontsize=9)
-        axes[0].set_xlabel("head")
-        axes[0].set_ylabel("layer")
-        fig.colorbar(im, ax=axes[0], label="effect (% of signal)", shrink=0.85)
-        mlps = _arr(direct["mlps"])
-        axes[1].barh(np.arange(len(mlps)), mlps, color=MLP_COLOR)
-        axes[1].invert_yaxis()
-        axes[1].set_yticks(range(len(mlps)))
-        axes[1].set_ylabel("layer")
-        axes[1].set_xlabel("effect (% of signal)")
-        axes[1].axvline(0, color="black", lw=0.8)
-        axes[1].set_title(f"MLPs -> final [CLS] (direct); embed {direct['embed']:.1f}%", fontsize=9)
-        i = 2
-    for entry in into:
-        ax = axes[i]
-        m = _grid(entry["heads"])
-        im = ax.imshow(m, cmap=DIVERGING, norm=_sym_norm(m), aspect="auto")
-        _annotate(ax, m)
-        ax.set_title(f"heads -> MLP {entry['mlp_layer']} input\n(MLP {entry['mlp_layer']} recovers "
-                     f"{entry['mlp_recovery']:.0f}%)", fontsize=9)  # fmt: skip
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, label="path effect (% of signal)", shrink=0.85)
-        i += 1
-    fig.suptitle("Path patching (frozen): which heads feed the MLPs that compose the signal", fontsize=10)
+
+def paths_direct(res: Mapping) -> Figure | None:
+    """Path patching, direct paths to the final residual: every head (a map) and every MLP (bars)."""
+    direct = res["paths"].get("direct_to_final")
+    if not direct:
+        return None
+    m = _grid(direct["heads"])
+    fig = Figure(figsize=(10, max(3.8, 0.55 * m.shape[0] + 1.8)), layout="constrained")
+    ax, bx = fig.subplots(1, 2, width_ratios=[max(m.shape[1], 3), 4])
+    im = _unreachable_map(ax, m)
+    ax.set_title(f"heads -> {direct['receiver']}", fontsize=10)
+    fig.colorbar(im, ax=ax, label="direct effect (% of signal)", shrink=0.9)
+    mlps = _arr(direct["mlps"])
+    bx.barh(np.arange(len(mlps)), mlps, color=MLP_COLOR)
+    bx.invert_yaxis()
+    bx.set_yticks(range(len(mlps)))
+    bx.set_ylabel("layer")
+    bx.set_xlabel("direct effect (% of signal)")
+    bx.axvline(0, color="black", lw=0.8)
+    bx.grid(axis="x", alpha=0.3)
+    bx.set_title(f"MLPs -> {direct['receiver']} (embeddings: {direct['embed']:.1f}%)", fontsize=10)
+    fig.suptitle("Path patching (frozen): direct paths to the final residual", fontsize=10.5)
     return fig
 
+
+def paths_into_mlps(res: Mapping) -> Figure | None:
+    """Path patching, heads into the input of each composer MLP; a head after the MLP cannot reach it (hatched)."""
+    into = res["paths"].get("into_mlps", [])
+    if not into:
+        return None
+    n_layers = len(into[0]["heads"])
+    fig = Figure(figsize=(min(4.2 * len(into), 13) + 0.8, max(3.8, 0.55 * n_layers + 1.8)), layout="constrained")
+    axes = fig.subplots(1, len(into), squeeze=False)[0]
+    norm = _sym_norm(np.concatenate([_grid(e["heads"]).ravel() for e in into]))  # one scale for every panel
+    for ax, entry in zip(axes, into):
+        im = _unreachable_map(ax, _grid(entry["heads"]), norm)
+        ax.set_title(f"heads -> MLP {entry['mlp_layer']} input\n(MLP {entry['mlp_layer']} recovers "
+                     f"{entry['mlp_recovery']:.1f}%)", fontsize=9.5)  # fmt: skip
+    fig.colorbar(im, ax=axes.tolist(), label="path effect (% of signal)", shrink=0.9)
+    fig.suptitle("Path patching (frozen): heads feeding the MLPs that recover most (hatched: the head comes after "
+                 "the MLP and cannot write into its input)", fontsize=9.5)  # fmt: skip
+    return fig
 
 def attribution(res: Mapping) -> Figure:
     """Attribution patching vs exact patching: one scatter per comparison, with the y = x line."""
@@ -327,6 +375,8 @@ def circuit(res: Mapping, top_k: int = 14):
     if not edges:
         return None
     c = Circuit.from_scores(node_scores=nodes, edge_scores=edges, top_k=top_k)
+    linked = {e.source for e in c.edges} | {e.target for e in c.edges}
+    c.nodes = {k: n for k, n in c.nodes.items() if k in linked}  # the strongest nodes that carry no kept path go
     return c.draw(title=f"Circuit: the {top_k} strongest paths (path patching, % of signal)")
 
 
@@ -339,13 +389,14 @@ def analysis_figures(res: Mapping, frames: np.ndarray | None = None, tubelet: Se
     tubelet = tubelet or res.get("meta", {}).get("model", {}).get("tubelet_size", (2, 1, 1))
     makers = [
         ("delta_cascade", "delta_cascade", lambda: delta_cascade(res)),
-        ("dla_tokens", "dla", lambda: dla_heatmap(res, tubelet[0])),
+        ("dla_tokens", "dla", lambda: dla_heatmap(res, frames, tubelet)),
         ("dla_components", "dla", lambda: dla_components(res)),
         ("cls_attention", "cls_attention", lambda: cls_attention(res, frames, tubelet) if frames is not None else None),
         ("ablation", "ablation", lambda: ablation(res)),
         ("recovery", "patching", lambda: recovery(res) if "attention" in res["patching"] else None),
         ("head_patching", "patching", lambda: head_patching(res) if "heads" in res["patching"] else None),
-        ("paths", "paths", lambda: paths(res)),
+        ("paths_direct", "paths", lambda: paths_direct(res)),
+        ("paths_into_mlps", "paths", lambda: paths_into_mlps(res)),
         ("circuit", "paths", lambda: circuit(res)),
         ("attribution", "attribution", lambda: attribution(res) if res["attribution"] else None),
     ]  # fmt: skip
@@ -376,9 +427,6 @@ def study_recovery(st: Mapping) -> Figure:
         _ci_bars(ax, x, d["ci"]["attention_recovery"], -0.2, ATTN_COLOR, "attention block")
         _ci_bars(ax, x, d["ci"]["mlp_recovery"], 0.2, MLP_COLOR, "MLP block")
         _recovery_axes(ax, x, f"{dom}: {d['n']} pairs (mean, 95% bootstrap CI)")
-    fig.get_layout_engine().set(rect=(0, 0.07, 1, 0.93))
-    _caption(fig, "recovery = 100 * <r_patched - r_corrupt, r_clean - r_corrupt> / ||r_clean - r_corrupt||^2 at the "
-                  "signal layer's residual; error bars: percentile bootstrap over pairs")  # fmt: skip
     return fig
 
 
@@ -420,9 +468,10 @@ def study_probe(st: Mapping) -> Figure:
     for ax, dom in zip(axes, doms):
         p = st["probe"][dom]
         rec = p["records"]
-        band(ax, rec, "test", "o-", "#1b7837", "outcome probe (held out)", -0.06)
-        band(ax, rec, "control", "s--", "#c51b7d", "shuffled-label control (held out)", 0.06)
-        ax.plot([r["layer"] for r in rec], [r["train"] for r in rec], ":", color="0.45", label="probe, training folds")
+        band(ax, rec, "test", "o-", "#1b7837", "outcome probe (held out)", -0.15)
+        band(ax, rec, "control", "s--", "#c51b7d", "shuffled-label control (held out)", 0.15)
+        ax.plot([r["layer"] for r in rec], [r["train"] for r in rec], "^:", color="0.45", ms=4,
+                label="probe, training folds")
         ax.axhline(p["chance"], color="black", lw=0.8, ls="--", label=f"chance ({p['chance']:.2f})")
         ax.set_xticks([r["layer"] for r in rec])
         ax.set_title(f"{dom}: {p['n_pairs']} pairs, grouped {p['k']}-fold", fontsize=9.5)
@@ -430,7 +479,8 @@ def study_probe(st: Mapping) -> Figure:
         ax = axes[-1]
         colors = ["#2166ac", "#b35806", "#762a83", "#1b7837"]
         for i, (name, rec) in enumerate(transfer.items()):
-            band(ax, rec, "test", "o-", colors[i % 4], name.replace("->", " -> "), (i - 0.5) * 0.1)
+            band(ax, rec, "test", "os"[i % 2] + "-", colors[i % 4], name.replace("->", " -> "),
+                 (i - (len(transfer) - 1) / 2) * 0.3)
         ax.axhline(0.5, color="black", lw=0.8, ls="--", label="chance (0.50)")
         ax.set_xticks([r["layer"] for r in next(iter(transfer.values()))])
         ax.set_title("transfer: trained on one domain, tested on the other", fontsize=9.5)
@@ -439,7 +489,7 @@ def study_probe(st: Mapping) -> Figure:
         ax.set_xlabel("layer ([CLS] residual after the block)")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower left", ncols=2, framealpha=0.85)
     fig.suptitle("Linear probes for the outcome (success vs failure), mean and 95% bootstrap CI over pairs",
                  fontsize=10)
     return fig
@@ -453,7 +503,9 @@ def study_heads(st: Mapping) -> Figure:
     for ax, dom in zip(axes, doms):
         m = _grid(st["domains"][dom]["ci"]["head_recovery"]["mean"])
         im = ax.imshow(m, cmap=DIVERGING, norm=_sym_norm(m), aspect="auto")
-        _annotate(ax, m)
+        _annotate(ax, m, "{:.1f}", fontsize=8.5 if m.shape[1] <= 8 else 6.5)
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_yticks(range(m.shape[0]))
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(f"{dom}: mean per-head recovery", fontsize=9.5)
@@ -502,7 +554,10 @@ def study_figures(st: Mapping, progress: bool = False) -> dict:
     return {name: make(st) for name, make in tqdm(makers.items(), desc="figures", disable=not progress, leave=False)}
 
 
-def to_png(fig: Figure, dpi: int = 110) -> bytes:
+FIGURE_DPI = 150  # the PNGs in figures/: readable when zoomed (report.FIGURE_DPI is the same)
+
+
+def to_png(fig: Figure, dpi: int = FIGURE_DPI) -> bytes:
     """PNG bytes of a figure."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -511,6 +566,6 @@ def to_png(fig: Figure, dpi: int = 110) -> bytes:
 
 __all__ = [
     "ablation", "analysis_figures", "attribution", "circuit", "cls_attention", "delta_cascade", "dla_components",
-    "dla_heatmap", "head_patching", "paths", "recovery", "study_cascade", "study_figures", "study_heads",
+    "dla_heatmap", "head_patching", "paths_direct", "paths_into_mlps", "recovery", "study_cascade", "study_figures", "study_heads",
     "study_probe", "study_recovery", "study_scalars", "to_png",
 ]  # fmt: skip

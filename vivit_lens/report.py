@@ -1,10 +1,11 @@
-"""Self-contained HTML reports (figures embedded as base64 PNG, inline CSS, no scripts) and the output folder.
+"""Self-contained HTML reports (figures as data URIs, inline CSS and script, nothing fetched) and the output folder.
 
     paths = write_analysis(results, "out/", frames=analysis.display_frames(clean, model.processor))
-    paths["report"]      # out/report.html: opens offline, nothing fetched
+    paths["report"]      # out/report.html: opens offline; its interactive views come from `interactive`
     paths["results"]     # out/results.json: every number, with definitions and versions
 
-`write_analysis` / `write_study` write `results.json`, `figures/*.png` and `report.html`.
+`write_analysis` / `write_study` write `report.html` with `figures/*.png`, `results.json` and `csv/*.csv`
+(tidy tables, see `tables`), as `formats` asks.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ import base64
 import html
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vivit_lens import interactive, paper
 from vivit_lens.analysis import findings_lines, jsonable
-from vivit_lens.probes import best_record
+from vivit_lens.summary import analysis_headline, num, pct
+
+FORMATS = ("html", "json", "csv")
+FIGURE_DPI = 150  # plots.FIGURE_DPI (not imported here: matplotlib loads only when figures are drawn)
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;
@@ -30,8 +36,9 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3
 figure{margin:.8em 0 1.4em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555;margin-top:.3em}.meta{color:#555;font-size:.9em}
 .summary li{margin:.2em 0}code{background:#f5f5f5;padding:0 3px;border-radius:3px}
-.pos{color:#1a6e1a}.neg{color:#b2182b}nav a{margin-right:.8em;font-size:.9em}
-"""
+.pos{color:#1a6e1a}.neg{color:#b2182b}nav a{margin-right:.8em;font-size:.9em}.cite{font-size:.9em;color:#333}
+td.vl-ci{cursor:pointer;text-decoration:underline dotted #888}
+""" + interactive.CSS
 
 
 def _e(x: Any) -> str:
@@ -50,49 +57,78 @@ def _num(x: Any, fmt: str = "{:.4g}") -> str:
     return _e(x)
 
 
+@dataclass(frozen=True)
+class CI:
+    """A table cell holding a mean [95% CI] whose per-pair values the study's explorer can show (`key`:
+    "domain|quantity|layer|head")."""
+
+    text: str
+    key: str
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "{:.4g}",
           left: int | set[int] = 1) -> str:  # fmt: skip
     """An HTML table; columns in `left` (the first `left` columns, or a set of indices) are left-aligned text,
-    the others formatted numbers."""
+    the others formatted numbers; a `CI` cell links to its pairs."""
     text = set(range(left)) if isinstance(left, int) else set(left)
     head = "".join(f"<th class='{'l' if i in text else ''}'>{_e(h)}</th>" for i, h in enumerate(headers))
     body = []
     for row in rows:
-        cells = "".join(f"<td class='{'l' if i in text else ''}'>{_e(v) if i in text else _num(v, fmt)}</td>"
-                        for i, v in enumerate(row))  # fmt: skip
-        body.append(f"<tr>{cells}</tr>")
+        cells = []
+        for i, v in enumerate(row):
+            cls = "l" if i in text else ""
+            if isinstance(v, CI):
+                cells.append(f"<td class='{cls}' data-ci='{_e(v.key)}'>{_e(v.text)}</td>")
+            else:
+                cells.append(f"<td class='{cls}'>{_e(v) if i in text else _num(v, fmt)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def figure(png: bytes, caption: str, alt: str) -> str:
-    """An embedded PNG (data: URI) with a caption."""
-    data = base64.b64encode(png).decode("ascii")
-    return (f"<figure><img alt='{_e(alt)}' src='data:image/png;base64,{data}'>"
+def figure(image: bytes, caption: str, alt: str) -> str:
+    """An embedded PNG or JPEG (data: URI) with a caption."""
+    mime = "png" if image[:4] == b"\x89PNG" else "jpeg"
+    data = base64.b64encode(image).decode("ascii")
+    size = ""
+    if mime == "png":  # shown at 100 dpi (sharp on high-density screens), at most the page's width
+        width = int.from_bytes(image[16:20], "big")
+        size = f" style='width:{round(width * 100 / FIGURE_DPI)}px'"
+    return (f"<figure><img alt='{_e(alt)}'{size} src='data:image/{mime};base64,{data}'>"
             f"<figcaption>{_e(caption)}</figcaption></figure>")  # fmt: skip
 
 
-def page(title: str, sections: Sequence[tuple[str, str, str]], subtitle: str = "") -> str:
-    """A whole HTML document from `(anchor, heading, body_html)` sections."""
+def page(title: str, sections: Sequence[tuple[str, str, str]], subtitle: str = "", script: str = "") -> str:
+    """A whole HTML document from `(anchor, heading, body_html)` sections; `script` goes at the end of the body."""
     nav = "".join(f"<a href='#{a}'>{_e(h)}</a>" for a, h, _ in sections)
-    body = "".join(f"<h2 id='{a}'>{_e(h)}</h2>{b}" for a, h, b in sections)
+    body = "".join(f"<section id='{a}'><h2>{_e(h)}</h2>{b}</section>" for a, h, b in sections)
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1><p class='meta'>{subtitle}</p>"
-            f"<nav>{nav}</nav>{body}</body></html>")  # fmt: skip
+            f"<nav>{nav}</nav>{body}{script}</body></html>")  # fmt: skip
 
 
-def _save_figures(figs: Mapping, out: Path) -> dict[str, bytes]:
+def citation_html(what: str) -> str:
+    """One line naming the paper whose tables and figures the report reproduces."""
+    return (f"<p class='cite'>{what} <i>{_e(paper.TITLE)}</i> by {_e(paper.AUTHOR)} (arXiv:{paper.ARXIV}, "
+            f"{paper.YEAR}); 'Table 1', 'Table 2' and 'Figure 1' below are that paper's.</p>")
+
+
+def render_figures(figs: Mapping, out: Path | None) -> dict[str, bytes]:
+    """PNG bytes of every figure at `plots.FIGURE_DPI`, also written to `out/figures/` when `out` is given; the
+    report embeds the same PNGs."""
     from vivit_lens.plots import to_png
 
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    if out is not None:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
     pngs = {}
     for name, fig in figs.items():
         pngs[name] = to_png(fig)
-        (out / "figures" / f"{name}.png").write_bytes(pngs[name])
+        if out is not None:
+            (out / "figures" / f"{name}.png").write_bytes(pngs[name])
     return pngs
 
 
-def _write_json(res: Mapping, path: Path) -> None:
-    path.write_text(json.dumps(jsonable(res), indent=1, allow_nan=False))
+def write_json(res: Mapping, path: Path) -> None:
+    path.write_text(json.dumps(jsonable(res), indent=1, allow_nan=False), encoding="utf-8")
 
 
 def _provenance_html(res: Mapping) -> str:
@@ -113,46 +149,23 @@ def _definitions_html(defs: Mapping) -> str:
 
 
 # Single pair -------------------------------------------------------------------------------------
+ANALYSIS_VIEWS = ("explore", "patching", "paths")  # sections that hold an interactive view
+
+
 def _summary(res: Mapping) -> str:
-    items = []
-    pred = res.get("predictions")
-    cls = res["class"]["label"]
-    if pred:
-        c, r = pred["clean"][0], pred["corrupt"][0]
-        items.append(f"Top-1: clean <b>{_e(c['label'])}</b> ({c['logit']:.3f}), corrupt <b>{_e(r['label'])}</b> "
-                     f"({r['logit']:.3f}); same class: {_num(pred['same_top1'])}. Class analysed: <b>{_e(cls)}</b>.")
-    cas = res.get("delta_cascade")
-    if cas and cas["resid_post"].get("growth_vs_layer0"):
-        g = cas["resid_post"]["growth_vs_layer0"]
-        tm = cas["resid_post"]["token_mean"]
-        items.append(f"Activation delta (mean over tokens) grows from {tm[0]:.3g} after layer 0 to {tm[-1]:.3g} after "
-                     f"layer {len(tm) - 1} (x{g[-1]:.2f}); at [CLS]: {cas['resid_post']['cls'][0]:.3g} to "
-                     f"{cas['resid_post']['cls'][-1]:.3g}.")  # fmt: skip
+    items = [_e(line[0].upper() + line[1:]) + "." for line in analysis_headline(res)]
     ab = res.get("ablation")
     if ab:
+        cls = res["class"]["label"]
         items.append(f"Ablating the outcome region ({res['region']['n_tokens']} tokens) changes the '{_e(cls)}' logit "
-                     f"by {ab['pixels']['class_change']:+.4f} (pixels) / {ab['tokens']['class_change']:+.4f} (tokens).")
+                     f"by {num(ab['pixels']['class_change'], '{:+.4f}')} (pixels) / "
+                     f"{num(ab['tokens']['class_change'], '{:+.4f}')} (tokens).")
     p = res.get("patching", {})
-    if "attention" in p:
-        att, mlp = np.asarray(p["attention"], float), np.asarray(p["mlp"], float)
-        full = [l for l, v in zip(p["layers"], mlp) if v >= 100]
-        items.append(f"Patching single blocks recovers {att.min():.0f}% to {att.max():.0f}% of the signal for attention "
-                     f"and {mlp.min():.0f}% to {mlp.max():.0f}% for MLPs; MLPs at >= 100%: "
-                     f"{', '.join(f'L{l}' for l in full) or 'none'}.")  # fmt: skip
-    if "heads" in p:
-        m = np.asarray(p["heads"], float)
-        l, h = np.unravel_index(np.nanargmax(np.abs(m)), m.shape)
-        items.append(f"Strongest single head: L{l}H{h} ({m[l, h]:.1f}% recovery).")
-    pth = res.get("paths") or {}
-    for entry in pth.get("into_mlps", [])[:1]:
-        tops = ", ".join(f"L{t['layer']}H{t['head']} ({t['effect']:.1f}%)" for t in entry["top_heads"][:3])
-        items.append(f"Heads feeding MLP {entry['mlp_layer']} (the strongest composer) most: {tops}.")
-    at = res.get("attribution") or {}
-    if "heads" in at:
-        a = at["heads"]["agreement"]
-        items.append(f"Attribution patching vs exact per-head patching: Pearson {_num(a['pearson'], '{:.3f}')}, "
-                     f"Spearman {_num(a['spearman'], '{:.3f}')}, top-{a['k']} overlap {a['topk_overlap']:.2f}.")
-    return "<ul class='summary'>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" + _findings_html(res)
+    if "mlp" in p:
+        full = [l for l, v in zip(p["layers"], p["mlp"]) if v is not None and v >= 100]
+        items.append(f"MLP blocks that recover the whole signal on their own (>= 100%, the paper's 'MLPs compose'): "
+                     f"{', '.join(f'layer {l}' for l in full) or 'none'}.")
+    return "<ul class='summary'>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
 def _findings_html(res: Mapping) -> str:
@@ -160,19 +173,60 @@ def _findings_html(res: Mapping) -> str:
     f = res.get("meta", {}).get("model_findings")
     if not f:
         return ""
-    return ("<h3>What this model computes (measured on fresh pairs, not on this pair)</h3><ul class='summary'>" +
+    return ("<p class='meta'>From the model's training record: measured on many fresh pairs, not on the pair or "
+            "pairs of this report.</p><ul class='summary'>" +
             "".join(f"<li>{_e(line)}</li>" for line in findings_lines(f)) + "</ul>")
 
 
-def render_analysis(res: Mapping, pngs: Mapping[str, bytes]) -> str:
-    """The HTML of a single-pair analysis."""
+def _region_text(reg: Mapping) -> str:
+    return (f"box x0,y0,x1,y1 = {tuple(reg['box_xyxy'])} (model-input pixels, x1 and y1 exclusive), input frames "
+            f"{reg['frames'][0]}-{reg['frames'][1] - 1}, {reg['n_tokens']} tokens")
+
+
+def _paths_tables(pth: Mapping) -> str:
+    body = ""
+    direct = pth.get("direct_to_final")
+    if direct:
+        m = np.asarray(direct["heads"], float)
+        order = np.argsort(-np.abs(m).reshape(-1))[:5]
+        rows = [(f"L{o // m.shape[1]}H{o % m.shape[1]}", m.reshape(-1)[o]) for o in order]
+        rows += [(f"MLP {l}", v) for l, v in sorted(enumerate(direct["mlps"]), key=lambda kv: -abs(kv[1]))[:3]]
+        body += f"<h3>Strongest direct paths to the {_e(direct['receiver'])}</h3>" + table(
+            ["sender", "direct effect (%)"], rows, "{:.2f}")
+    elif pth.get("direct_note"):
+        body += f"<p class='meta'>{_e(pth['direct_note'])}</p>"
+    for entry in pth.get("into_mlps", []):
+        l = entry["mlp_layer"]
+        rows = [(f"L{t['layer']}H{t['head']}", t["effect"]) for t in entry["top_heads"]]
+        n_heads = len(entry["heads"][0]) if entry["heads"] else 0
+        unreachable = (len(entry["heads"]) - l - 1) * n_heads
+        note = f"; the {unreachable} heads of layers {l + 1}+ cannot reach it" if unreachable else ""
+        body += (f"<h3>Heads into MLP {l} (MLP {l} recovers {pct(entry['mlp_recovery'])}{note})</h3>"
+                 + table(["head", "path effect (%)"], rows, "{:.2f}"))  # fmt: skip
+    return body
+
+
+def render_analysis(res: Mapping, images: Mapping[str, bytes], views: Mapping | None = None) -> str:
+    """The HTML of a single-pair analysis; `views` (from `interactive.analysis_views`) adds the interactive views."""
     cls = res["class"]["label"]
     meta = res.get("meta", {})
-    sec: list[tuple[str, str, str]] = [("summary", "Summary", _summary(res))]
+    sec: list[tuple[str, str, str]] = [
+        ("summary", "Summary", citation_html("Reproduces, on one minimal pair, the analysis of") + _summary(res))]
 
     def fig(name: str, caption: str) -> str:
-        return figure(pngs[name], caption, name) if name in pngs else ""
+        return figure(images[name], caption, name) if name in images else ""
 
+    def view(part: str) -> str:
+        return interactive.views_html(views, (part,)) if views else ""
+
+    if views:
+        sec.append(("explore", "Explore the clips", "<p class='meta'>Move through the frames of both clips; the "
+                    "overlay shows, per token, the [CLS] attention of the head chosen (or clicked in the head map "
+                    "below), the direct logit attribution, or the size of the clean - corrupt residual difference "
+                    f"after a block. Cyan box: the outcome region ({_region_text(res['region'])}).</p>"
+                    + view("scrubber")))  # fmt: skip
+    if _findings_html(res):
+        sec.append(("model", "What this model computes", _findings_html(res)))
     if "predictions" in res:
         p = res["predictions"]
         rows = [(c["rank"], c["label"], c["logit"], c["prob"], r["label"], r["logit"], r["prob"])
@@ -184,14 +238,15 @@ def render_analysis(res: Mapping, pngs: Mapping[str, bytes]) -> str:
         rows = [(l, c["resid_post"]["token_mean"][l], c["resid_post"]["cls"][l], c["attn_out"]["token_mean"][l],
                  c["mlp_out"]["token_mean"][l]) for l in c["layers"]]  # fmt: skip
         sec.append(("cascade", "Activation delta per layer", fig(
-            "delta_cascade", "L2 norm of act_clean - act_corrupt, per layer (the paper's Figure 1).") + table(
+            "delta_cascade", "L2 norm of act_clean - act_corrupt, per layer (Figure 1 of the paper).") + table(
             ["layer", "resid_post, token mean", "resid_post, [CLS]", "attn_out, token mean", "mlp_out, token mean"],
             rows)))  # fmt: skip
     if "dla" in res:
         d = res["dla"]["tokens"]
         body = fig("dla_tokens", f"Contribution of each source token to the '{cls}' logit through the heads' [CLS] "
-                                 f"outputs (rows: tubelet time, columns: spatial token). Token map total "
-                                 f"{d['total_clean']:.3f}, [CLS] itself {d['cls_self_clean']:.3f} (clean).")
+                                 f"outputs, on the frames: one panel per tubelet time, token rows x columns. Token "
+                                 f"map total {d['total_clean']:.3f}, [CLS] itself {d['cls_self_clean']:.3f} "
+                                 "(clean).")  # fmt: skip
         body += fig("dla_components", "Direct logit attribution of each residual-stream writer; the bars plus "
                                       "'bias' sum to the logit.")
         sec.append(("dla", "Direct logit attribution", body))
@@ -199,7 +254,8 @@ def render_analysis(res: Mapping, pngs: Mapping[str, bytes]) -> str:
         a = res["cls_attention"]
         rows = [(f"L{h['layer']}H{h['head']}", h["dla"], h["region_mass"], h["region_mass_corrupt"], h["max_weight"],
                  h["cls_self"], str(tuple(h["peak_thw"]))) for h in a["heads"]]  # fmt: skip
-        body = fig("cls_attention", "[CLS] attention per tubelet, overlaid on the middle frame of each tubelet.")
+        body = fig("cls_attention", "[CLS] attention per token, overlaid on the middle frame of each tubelet (every "
+                                    "other head: 'Explore the clips' above).")  # fmt: skip
         body += table(["head", "DLA (logits)", "region mass", "region mass (corrupt)", "max weight", "on [CLS]",
                        "peak (t, row, col)"], rows)  # fmt: skip
         body += (f"<p class='meta'>Heads ranked by {_e(a['ranking'])}. Uniform attention would put "
@@ -211,45 +267,39 @@ def render_analysis(res: Mapping, pngs: Mapping[str, bytes]) -> str:
     if "ablation" in res:
         ab = res["ablation"]
         body = fig("ablation", "Logits of the clean clip's top classes before and after ablating the region.")
-        reg = res["region"]
-        body += (f"<p class='meta'>Region ({_e(reg['source'])}): box x0,y0,x1,y1 = {tuple(reg['box_xyxy'])} "
-                 f"model-input pixels, frames {reg['frames'][0]}-{reg['frames'][1] - 1}, {reg['n_tokens']} tokens "
+        body += (f"<p class='meta'>Region ({_e(res['region']['source'])}): {_region_text(res['region'])} "
                  f"({ab['region_fraction_of_tokens']:.1%} of the tubelets).</p>")
         for key in ("pixels", "tokens"):
             rows = [(r["rank"], f"{r['label']} ({r['original']:.4f})", f"{r['ablated_top_label']} "
                      f"({r['ablated_top_logit']:.4f})", r["change"], r["ablated_rank"]) for r in ab[key]["table"]]
-            body += f"<h3>Ablation of the region's {key} (the paper's Table 1)</h3>" + table(
+            body += f"<h3>Ablation of the region's {key} (Table 1 of the paper)</h3>" + table(
                 ["rank", "original (logit)", "ablated (logit)", "change of this class", "its rank after"], rows,
                 left=3)  # fmt: skip
         sec.append(("ablation", "Region ablation", body))
     p = res.get("patching", {})
     if "attention" in p:
         rows = [(r["layer"], r["attention"], r["mlp"], r.get("attention_norm"), r.get("mlp_norm")) for r in p["table"]]
-        body = fig("recovery", p["formula"])
-        body += "<h3>Signal recovery per layer (the paper's Table 2)</h3>" + table(
+        body = fig("recovery", "Signal recovery per layer, attention vs MLP blocks (Figure 2 of the paper).")
+        body += "<h3>Signal recovery per layer (Table 2 of the paper)</h3>" + table(
             ["layer", "attention (%)", "MLP (%)", "attention, norm (%)", "MLP, norm (%)"], rows, "{:.1f}")
-        body += f"<p class='meta'><b>Formula.</b> {_e(p['formula'])} The 'norm' columns: {_e(res.get('definitions', {}).get('recovery_norm', ''))}</p>"
+        norm = res.get("definitions", {}).get("recovery_norm")
+        body += (f"<p class='meta'><b>Signal recovery.</b> {_e(p['formula'])}"
+                 + (f" The 'norm' columns: {_e(norm)}" if norm else "") + "</p>")  # fmt: skip
         if "heads" in p:
-            body += fig("head_patching", "Recovery when one head's output (hook_z, every position) is patched.")
+            body += ("<h3>Per head</h3><p class='meta'>Recovery when one head's output (hook_z, every position) is "
+                     "patched. Hover a cell for its value; click it to see that head's [CLS] attention on the "
+                     "frames.</p>" + (view("heads") or fig("head_patching", "Per-head recovery.")))  # fmt: skip
+            if views:
+                body += fig("head_patching", "The same map as a figure (figures/head_patching.png).")
         sec.append(("patching", "Attention vs MLP patching", body))
     if res.get("paths"):
-        pth = res["paths"]
-        body = fig("paths", "Path patching with every other component frozen at its corrupt value: the effect of "
-                            "one sender reaching one receiver along the direct residual path (% of the signal).")
-        for entry in pth.get("into_mlps", []):
-            rows = [(f"L{t['layer']}H{t['head']}", t["effect"]) for t in entry["top_heads"]]
-            body += (f"<h3>Heads into MLP {entry['mlp_layer']} (recovery {entry['mlp_recovery']:.1f}%)</h3>"
-                     + table(["head", "path effect (%)"], rows, "{:.2f}"))  # fmt: skip
-        direct = pth.get("direct_to_final")
-        if direct:
-            m = np.asarray(direct["heads"], float)
-            order = np.argsort(-np.abs(m).reshape(-1))[:5]
-            rows = [(f"L{o // m.shape[1]}H{o % m.shape[1]}", m.reshape(-1)[o]) for o in order]
-            rows += [(f"MLP{l}", v) for l, v in sorted(enumerate(direct["mlps"]), key=lambda kv: -abs(kv[1]))[:3]]
-            body += f"<h3>Strongest direct paths to the {_e(direct['receiver'])}</h3>" + table(
-                ["sender", "direct effect (%)"], rows, "{:.2f}")
-        elif pth.get("direct_note"):
-            body += f"<p class='meta'>{_e(pth['direct_note'])}</p>"
+        body = ("<p class='meta'>Path patching with every other component frozen at its corrupt value: the effect of "
+                "one sender reaching one receiver along the direct residual path (% of the signal).</p>")
+        body += view("graph")
+        body += fig("paths_direct", "Direct paths of every head and MLP to the final residual.")
+        body += fig("paths_into_mlps", "Heads into the MLPs that recover most; hatched: unreachable (the head's "
+                                       "layer comes after the MLP).")  # fmt: skip
+        body += _paths_tables(res["paths"])
         body += fig("circuit", "The strongest paths as a graph (node colour: direct effect on the final residual; "
                                "edge width: path effect).")
         sec.append(("paths", "Path patching", body))
@@ -264,143 +314,64 @@ def render_analysis(res: Mapping, pngs: Mapping[str, bytes]) -> str:
     sec.append(("provenance", "Model, inputs, versions", _provenance_html(res)))
     inputs = meta.get("inputs", {})
     sub = (f"model <code>{_e(meta.get('model', {}).get('name_or_path'))}</code>; clean <code>"
-           f"{_e(inputs.get('clean'))}</code>; corrupt <code>{_e(inputs.get('corrupt'))}</code>; {_e(meta.get('created', ''))}")
-    return page("vivit-lens analysis", sec, sub)
+           f"{_e(inputs.get('clean'))}</code>; corrupt <code>{_e(inputs.get('corrupt'))}</code>; "
+           f"{_e(meta.get('created', ''))}")  # fmt: skip
+    script = interactive.data_and_script(views, [a for a, _, _ in sec]) if views else ""
+    return page("vivit-lens analysis", sec, sub, script)
 
 
-def write_analysis(res: Mapping, out_dir: str | Path, frames: np.ndarray | None = None,
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {tuple(formats)}")
+    return tuple(formats)
+
+
+def write_outputs(results: Mapping, out_dir: str | Path, formats: Sequence[str], *, tables, html) -> dict[str, Path]:
+    """The outputs `formats` asks for, into `out_dir`: results.json ("json"), `tables(results)` as csv/*.csv
+    ("csv"), and `html(out_dir)` (which draws figures/*.png) as report.html ("html"). Returns what went where."""
+    from vivit_lens.tables import write_csv
+
+    formats = check_formats(formats)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if "json" in formats:
+        write_json(results, out / "results.json")
+        written["results"] = out / "results.json"
+    if "csv" in formats:
+        written["csv"] = write_csv(tables(results), out / "csv")
+    if "html" in formats:
+        (out / "report.html").write_text(html(out), encoding="utf-8")
+        written |= {"report": out / "report.html", "figures": out / "figures"}
+    return written
+
+
+def write_analysis(res: Mapping, out_dir: str | Path, frames: np.ndarray | None = None, *,
+                   views: Mapping | None = None, formats: Sequence[str] = ("html", "json"),
                    progress: bool = False) -> dict[str, Path]:  # fmt: skip
-    """Write `results.json`, `figures/*.png` and a self-contained `report.html` for one pair's analysis."""
-    from vivit_lens import plots
+    """Write one pair's analysis into `out_dir`: `report.html` (self-contained, with `views` interactive) and
+    `figures/*.png` for "html", `results.json` for "json", `csv/*.csv` for "csv". Returns what went where."""
+    from vivit_lens import plots, tables
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     res = jsonable(res)
-    _write_json(res, out / "results.json")
     tubelet = res.get("meta", {}).get("model", {}).get("tubelet_size")
-    pngs = _save_figures(plots.analysis_figures(res, frames, tubelet, progress=progress), out)
-    (out / "report.html").write_text(render_analysis(res, pngs), encoding="utf-8")
-    return {"results": out / "results.json", "report": out / "report.html", "figures": out / "figures"}
+
+    def html(out: Path) -> str:
+        images = render_figures(plots.analysis_figures(res, frames, tubelet, progress=progress), out)
+        return render_analysis(res, images, views)
+
+    return write_outputs(res, out_dir, formats, tables=tables.analysis_tables, html=html)
 
 
-# Study -------------------------------------------------------------------------------------------
-def _ci_cell(ci: Mapping, i: int | None = None, fmt: str = "{:.1f}", keys: Sequence[str] = ("mean", "lo", "hi")) -> str:
-    m, lo, hi = (ci[k] if i is None else ci[k][i] for k in keys)
-    return f"{fmt.format(m)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+def __getattr__(name: str):
+    """`report.render_study` / `report.write_study` live in `study_report` (imported on first use: no cycle)."""
+    if name in ("render_study", "write_study"):
+        from vivit_lens import study_report
+
+        return getattr(study_report, name)
+    raise AttributeError(f"module 'vivit_lens.report' has no attribute {name!r}")
 
 
-def render_study(st: Mapping, pngs: Mapping[str, bytes]) -> str:
-    """The HTML of a study over many pairs."""
-    def fig(name: str, caption: str) -> str:
-        return figure(pngs[name], caption, name) if name in pngs else ""
-
-    items = []
-    for dom, d in st["domains"].items():
-        ci = d["ci"]
-        mlp, att = np.asarray(ci["mlp_recovery"]["mean"], float), np.asarray(ci["attention_recovery"]["mean"], float)
-        items.append(f"<b>{_e(dom)}</b> ({d['n']} pairs; both clips in the same class in {d['same_top1_fraction']:.0%}):"
-                     f" mean attention recovery {att.min():.0f}% to {att.max():.0f}%, MLP {mlp.min():.0f}% to "
-                     f"{mlp.max():.0f}% per layer; region ablation changes the class logit by "
-                     f"{_ci_cell(ci['ablation_pixels_change'], fmt='{:+.3f}')} (pixels, mean [95% CI]).")  # fmt: skip
-    for dom, d in st["domains"].items():
-        hid = d.get("hidden")
-        if hid:
-            acc = (f"; top-1 = {_e(hid['action'])} on {hid['action_accuracy']:.1%} of clips"
-                   if "action_accuracy" in hid else "")
-            items.append(f"Hidden ({_e(dom)}, {hid['n_pairs']} pairs): both clips of a pair get the same top-1 class "
-                         f"in {hid['same_top1_fraction']:.1%}{acc}.")
-    for dom, p in st["probe"].items():
-        if p.get("records"):
-            b = p["best"]
-            items.append(f"Present ({_e(dom)}): the outcome probe on [CLS] reaches {_ci_cell(b, fmt='{:.2f}', keys=('test', 'test_lo', 'test_hi'))} "
-                         f"held-out accuracy at layer {b['layer']} (grouped {p['k']}-fold over {p['n_pairs']} pairs; "
-                         f"shuffled-label control {_ci_cell(b, fmt='{:.2f}', keys=('control', 'control_lo', 'control_hi'))}, "
-                         f"chance {p['chance']:.2f}).")
-    for name, rec in (st.get("transfer") or {}).items():
-        b = best_record(rec)
-        items.append(f"Transfer {_e(name)}: best {_ci_cell(b, fmt='{:.2f}', keys=('test', 'test_lo', 'test_hi'))} at "
-                     f"layer {b['layer']} (chance 0.50).")
-    for w in st.get("warnings") or []:
-        items.append(f"<b>Warning</b>: {_e(w)}")
-    sec = [("summary", "Summary", "<ul class='summary'>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" +
-            _findings_html(st))]
-    body = fig("study_recovery", "Signal recovery per layer, mean over pairs with 95% bootstrap CI.")
-    for dom, d in st["domains"].items():
-        ci = d["ci"]
-        rows = [(l, _ci_cell(ci["attention_recovery"], l), _ci_cell(ci["mlp_recovery"], l),
-                 ci["attention_recovery"]["fraction_ge_100"][l], ci["mlp_recovery"]["fraction_ge_100"][l])
-                for l in d["layers"]]  # fmt: skip
-        body += f"<h3>{_e(dom)}: recovery (%) mean [95% CI]</h3>" + table(
-            ["layer", "attention", "MLP", "share of pairs, attention >= 100%", "share of pairs, MLP >= 100%"], rows,
-            "{:.2f}", left=3)  # fmt: skip
-    sec.append(("recovery", "Attention vs MLP patching over pairs", body))
-    body = fig("study_cascade", "L2 norm of the residual delta after each block; band: 95% bootstrap CI.")
-    for dom, d in st["domains"].items():
-        ci = d["ci"]
-        rows = [(l, _ci_cell(ci["cascade_token_mean"], l, "{:.3g}"), _ci_cell(ci["cascade_cls"], l, "{:.3g}"))
-                for l in range(len(ci["cascade_token_mean"]["mean"]))]  # fmt: skip
-        body += f"<h3>{_e(dom)}</h3>" + table(["layer", "token mean", "[CLS]"], rows, left=3)
-    sec.append(("cascade", "Activation delta over pairs", body))
-    body = fig("study_probe", "Outcome probe per layer: grouped k-fold held-out accuracy and the shuffled-label "
-                              "control, with 95% bootstrap CIs over pairs; right: transfer between domains.")
-    for dom, p in st["probe"].items():
-        if not p.get("records"):
-            continue
-        rows = [(r["layer"], _ci_cell(r, fmt="{:.3f}", keys=("test", "test_lo", "test_hi")), r["train"],
-                 _ci_cell(r, fmt="{:.3f}", keys=("control", "control_lo", "control_hi")), r["control_train"])
-                for r in p["records"]]  # fmt: skip
-        body += (f"<h3>{_e(dom)}</h3><p class='meta'>{_e(p['split'])}; {p['n_pairs']} pairs "
-                 f"({2 * p['n_pairs']} clips); control: {_e(p['control'])}; chance {p['chance']:.2f}</p>") + table(
-            ["layer", "held-out accuracy [95% CI]", "train (mean over folds)", "control, held out [95% CI]",
-             "control, train"], rows, "{:.3f}", left=2)  # fmt: skip
-    for name, rec in (st.get("transfer") or {}).items():
-        rows = [(r["layer"], _ci_cell(r, fmt="{:.3f}", keys=("test", "test_lo", "test_hi")), r["train"]) for r in rec]
-        body += f"<h3>transfer {_e(name)}</h3>" + table(["layer", "accuracy on the other domain [95% CI]",
-                                                          "train accuracy"], rows, "{:.3f}", left=2)  # fmt: skip
-    sec.append(("probe", "Is the outcome there? Linear probes on held-out pairs", body))
-    body = fig("study_heads", "Mean recovery when a single head's output is patched.")
-    for dom, d in st["domains"].items():
-        hc, rm = d["ci"]["head_recovery"], d["ci"].get("region_mass_ratio")
-        n_heads = np.shape(hc["mean"])[1]
-        flat = {k: np.asarray(hc[k], float).reshape(-1) for k in ("mean", "lo", "hi")}
-        ratio = None if rm is None else np.asarray(rm["mean"], float).reshape(-1)
-        order = np.argsort(-np.abs(flat["mean"]), kind="stable")[:10]
-        rows = [(f"L{i // n_heads}H{i % n_heads}", _ci_cell(flat, int(i)), "" if ratio is None else f"{ratio[i]:.2f}")
-                for i in order]
-        body += (f"<h3>{_e(dom)}: the 10 heads with the largest mean recovery</h3>" +
-                 table(["head", "recovery (%) mean [95% CI]", "[CLS] attention on the outcome region / uniform share"],
-                       rows, left=3))  # fmt: skip
-    body += fig("study_scalars", "Region ablation and the clean - corrupt gap of the class logit, per pair.")
-    rows = []
-    for dom, d in st["domains"].items():
-        for key in ("ablation_pixels_change", "ablation_tokens_change", "class_logit_difference"):
-            rows.append((dom, key, _ci_cell(d["ci"][key], fmt="{:+.4f}")))
-    body += table(["domain", "quantity", "mean [95% CI]"], rows, left=3)
-    sec.append(("scalars", "Heads, ablation, logits", body))
-    rows = [(dom, row["pair"], row["attention_recovery"][-1], row["mlp_recovery"][-1], row["ablation_pixels_change"],
-             row["class_logit_difference"]) for dom, d in st["domains"].items() for row in d["per_pair"]]  # fmt: skip
-    sec.append(("pairs", "Per pair", table(["domain", "pair", "attention recovery, last layer (%)",
-                                           "MLP recovery, last layer (%)", "pixel ablation change",
-                                           "class logit clean - corrupt"], rows, "{:.3f}", left=2)))  # fmt: skip
-    if st.get("definitions"):
-        sec.append(("definitions", "Definitions", _definitions_html(st["definitions"])))
-    sec.append(("provenance", "Model, pairs, versions", _provenance_html(st)))
-    meta = st.get("meta", {})
-    sub = f"model <code>{_e(meta.get('model', {}).get('name_or_path'))}</code>; {_e(meta.get('created', ''))}"
-    return page("vivit-lens study", sec, sub)
-
-
-def write_study(st: Mapping, out_dir: str | Path, progress: bool = False) -> dict[str, Path]:
-    """Write `results.json`, `figures/*.png` and a self-contained `report.html` for a study."""
-    from vivit_lens import plots
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    st = jsonable(st)
-    _write_json(st, out / "results.json")
-    pngs = _save_figures(plots.study_figures(st, progress=progress), out)
-    (out / "report.html").write_text(render_study(st, pngs), encoding="utf-8")
-    return {"results": out / "results.json", "report": out / "report.html", "figures": out / "figures"}
-
-
-__all__ = ["figure", "page", "render_analysis", "render_study", "table", "write_analysis", "write_study"]
+__all__ = ["CI", "FORMATS", "citation_html", "figure", "page", "render_analysis", "table", "write_analysis",
+           "write_outputs"]  # and render_study, write_study (from study_report, above)
