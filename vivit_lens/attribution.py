@@ -282,9 +282,11 @@ def attribution_patch(
     with torch.no_grad():
         out, src_cache = model.run_with_cache(src_x, names_filter=names, stop_at_layer=stop)
         src = dict(src_cache)
+        del src_cache  # `src` is now the only holder: its tensors become the differences, nothing else keeps them
         if fast:
             src[f"blocks.{L - 1}.hook_resid_pre"] = out
             src.update(_last_block_at_cls(model, out))
+        del out
     state = _Deltas(src, grad_names={n for n in names if n not in ("hook_embed", "hook_pos_embed")},
                     keep_grads=_receiver_grad_names(L), keep_deltas=_sender_names(L))  # fmt: skip
     leaf: dict[str, Tensor] = {}
@@ -350,7 +352,7 @@ class _Deltas:
 
     def track(self, name: str, t: Tensor) -> None:
         with torch.no_grad():
-            self.deltas[name] = self.deltas[name] - t.detach()  # not in place: hooks can share one tensor
+            self.deltas[name] = self.deltas[name] - t.detach()  # a new tensor: the cached one may be shared
         if name.endswith("hook_resid_pre"):
             self.ref_resid[name] = t.detach()
         if name in self.grad_names and t.requires_grad:

@@ -149,6 +149,7 @@ class RayRunner:
         if ray.is_initialized():
             raise WorkerError("Ray is already initialised in this process; call ray.shutdown() first")
         init = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a study sends nothing anywhere unless asked to
         try:
             if self._own:
                 ray.init(num_cpus=workers, num_gpus=local_gpus, **init)
