@@ -347,3 +347,12 @@ def test_report_is_self_contained_and_small(shipped):
     imgs = re.findall(r"<img[^>]*src='([^']*)'", page)
     assert imgs and all(re.match(r"data:image/(png|jpeg);base64,", s) for s in imgs)
     assert len(page.encode()) < 4_000_000, f"report.html is {len(page.encode()) / 1e6:.1f} MB"
+
+
+def test_docs_screenshot_is_a_full_colour_picture_of_the_report():
+    """docs/report.png is a browser screenshot (tests/browser.py), not a palette-reduced composite."""
+    from PIL import Image
+
+    img = Image.open(ROOT / "docs" / "report.png")
+    assert img.mode in ("RGB", "RGBA"), img.mode
+    assert len(img.convert("RGB").getcolors(1 << 24)) > 256, "more colours than a palette holds"

@@ -54,7 +54,7 @@ def render_study(st: Mapping, images: Mapping[str, bytes], views: Mapping | None
     def fig(name: str, caption: str) -> str:
         return figure(images[name], caption, name) if name in images else ""
 
-    items = [_e(line[0].upper() + line[1:]) + "." for line in study_headline(st)]
+    items = [_e(line) + "." for line in study_headline(st)]  # lines start with a domain name: kept as written
     for dom, d in st["domains"].items():
         if "ci" in d:
             items.append(f"{_e(dom)}: region ablation changes the class logit by "
