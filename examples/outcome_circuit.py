@@ -1,4 +1,6 @@
-"""The outcome circuit: the paper's causal experiments, step by step with the vivit_lens API.
+"""The outcome circuit: the paper's causal experiments, step by step with the vivit_lens API. The paper: Sai
+Chereddy, "Attention Gathers, MLPs Compose: A Causal Analysis of an Action-Outcome Circuit in VideoViT"
+(arXiv:2603.11142, 2026).
 
 1. Zero-ablate the outcome region (ball and pins after the decisive frame): the class logit barely moves
    (the paper's Table 1).
@@ -15,7 +17,7 @@ import sys
 
 import torch
 
-from vivit_lens import HookedViViT
+from vivit_lens import HookedViViT, paper
 from vivit_lens.ablation import Ablation, ablate, mask_pixels, topk_table
 from vivit_lens.analysis import load_pair, region_from_difference
 from vivit_lens.assets import example_inputs
@@ -43,7 +45,7 @@ print(f"outcome region: {len(region.positions)} of {cfg.n_tubelets} tokens ({reg
 
 ablated = ablate(model, clean, Ablation.zero("blocks.0.hook_resid_pre", positions=list(region.positions)))
 table = topk_table(logits_clean, ablated, model.labels, k=min(6, cfg.n_classes))
-print(f"\nTable 1: the region's tokens zeroed at the input of block 0\n{table}")
+print(f"\n{paper.cite('Table 1')}: the region's tokens zeroed at the input of block 0\n{table}")
 if pair.region is not None:  # a pixel box: mask it in the frames themselves
     masked = model(mask_pixels(clean, frames=range(*region.frames), box=region.box, value=0.0))
     print(f"\nthe region's pixels set to 0 instead: '{model.labels[label]}' logit "
@@ -56,7 +58,7 @@ metric = SignalRecovery.from_caches(clean_cache, corrupt_cache, hook, positions=
 # 3. Attention vs MLP, one block at a time (batched, resumed at the patched layer).
 attn = get_act_patch_attn_out(model, corrupt, clean_cache, metric, positions="all", progress=False)
 mlp = get_act_patch_mlp_out(model, corrupt, clean_cache, metric, positions="all", progress=False)
-print(f"\nTable 2: % of the {hook} [CLS] signal recovered by patching one block clean -> corrupt")
+print(f"\n{paper.cite('Table 2')}: % of the {hook} [CLS] signal recovered by patching one block clean -> corrupt")
 print("  layer  attention      MLP")
 for layer in range(cfg.n_layers):
     print(f"  {layer:5d}  {attn[layer]:8.1f}%  {mlp[layer]:7.1f}%")

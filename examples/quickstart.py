@@ -39,7 +39,7 @@ for name, logits in (("clean", logits_clean), ("corrupt", logits_corrupt)):
 label = int(logits_clean[0].argmax())  # both clips get this class; the outcome is not in the output
 print(f"class analysed: {model.labels[label]!r}")
 
-# 4. The amplification cascade: L2 norm of the clean - corrupt activation delta per layer (paper, Figure 1).
+# 4. The amplification cascade: L2 norm of the clean - corrupt activation delta per layer (Figure 1 of Chereddy 2026, arXiv:2603.11142).
 norms = delta_norms(cache_clean, cache_corrupt, hooks=["resid_post"])
 print("\n||resid_clean - resid_corrupt|| after each block (mean over tokens / at [CLS]):")
 for layer, (cls_norm, mean_norm) in enumerate(norms.values[0].tolist()):

@@ -456,7 +456,7 @@ def study_probe(st: Mapping) -> Figure:
     doms = [d for d in st["probe"] if st["probe"][d].get("records")]
     transfer = st.get("transfer") or {}
     n = max(1, len(doms)) + (1 if transfer else 0)
-    fig = Figure(figsize=(4.8 * n, 4.2), layout="constrained")
+    fig = Figure(figsize=(max(4.8 * n, 7.0), 4.4), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
 
     def band(ax, rec, key, style, color, label, dx=0.0):
@@ -490,7 +490,7 @@ def study_probe(st: Mapping) -> Figure:
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left", ncols=2, framealpha=0.85)
-    fig.suptitle("Linear probes for the outcome (success vs failure), mean and 95% bootstrap CI over pairs",
+    fig.suptitle("Linear probes for the outcome (success vs failure),\nmean and 95% bootstrap CI over pairs",
                  fontsize=10)
     return fig
 
