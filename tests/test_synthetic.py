@@ -138,7 +138,15 @@ def test_every_class_moves_at_every_size(frames, size):
         assert (spec.frames, spec.height, spec.width) == (frames, h, w)
         # Objects move in most frame steps (changes far above the pixel noise); a clip may end at rest.
         step = np.abs(np.diff(clip.astype(int), axis=0)).max(axis=(1, 2, 3))
-        assert (step > 60).mean() >= 0.5, f"{action} {frames}x{size}: still frame steps {np.flatnonzero(step <= 60)}"
+        moving = step > 60
+        if action == "marble":
+            # The ball is all that moves on a marble table, and it is gone (sunk) or at rest against the table's
+            # edge (passed) by about half the clip: it must roll without a pause from its first step until then,
+            # and stop only after the decisive frame.
+            first, last = np.flatnonzero(moving)[[0, -1]]
+            assert moving[first:last + 1].all() and last + 1 >= spec.decisive_frame, (frames, size, moving)
+            continue
+        assert moving.mean() >= 0.5, f"{action} {frames}x{size}: still frame steps {np.flatnonzero(~moving)}"
 
 
 def test_dataset_is_balanced_reproducible_and_mixes_outcomes():

@@ -3,8 +3,8 @@
 Eight scenes (`ACTIONS`), each ending in one of two outcomes. Six are *actions*, labelled by the
 action alone: a bowling strike and a gutter ball are both `bowling`, a holed and a missed putt both
 `golf_putt`. Two are *events*, labelled by their outcome (`EVENT_SCENES`): `skittles` (the same pins as
-bowling, on a bowling lane or a bare floor, knocked over by a sliding block or left standing as it slides past)
-and `marble` (golf's ball rolling into a hole, or past it, with no club, on a striped green or a bare table). A classifier must learn to see pins
+bowling, on a bare floor, knocked over by a sliding block or left standing as it slides past) and `marble` (a ball
+rolling into a hole, or past it, on a bare table, with no club). A classifier must learn to see pins
 fall and balls drop to tell the event classes apart, and those detectors then also fire inside
 bowling and golf clips, whose labels never carry the outcome (as a Kinetics model's event features
 fire on clips of other classes). `LABELS` are the classes; `label_of(action, outcome)` maps a clip to
@@ -52,21 +52,12 @@ EVENT_SCENES: tuple[str, ...] = ("skittles", "marble")
 LABELS: tuple[str, ...] = tuple(a for a in ACTIONS if a not in EVENT_SCENES) + tuple(
     f"{a}_{o}" for a in EVENT_SCENES for o in OUTCOMES[a])
 MIN_FRAMES, MIN_SIZE = 4, 32
-# The event scenes show their pins and balls at 1x (half of them) or 1x to EVENT_ZOOM[1]x the size bowling and
-# golf_putt use: large ones make the outcome easy to find early in training, the 1x ones make the detector work at
-# the actions' size. Half of them are set where the actions are (skittles on a bowling lane, a marble on a striped
-# green), so what detects the event there is what sees it in a bowling or golf clip. (Measured: with every marble
-# on a bare table at 1-2x, the classifier told sunk from passed marbles at 0.91-0.94, yet a probe on golf_putt clips
-# read their outcome at chance, 0.49-0.56, on [CLS] and on the outcome-box tokens alike.)
+# The event scenes show their pins and balls at 1x to EVENT_ZOOM[1]x the size bowling and golf_putt use: large
+# ones make the outcome easy to find early in training, the 1x ones make the detector work at bowling's size.
 EVENT_ZOOM = (1.0, 2.0)
-EVENT_IN_ACTION_SETTING = 0.5
 # Where in the clip (fraction of its length) the outcome is decided: early enough that the outcome stays on screen
 # for most of the clip (with the outcome decided at 40-60%, a small ViViT did not learn to see it in our budget).
 DECISIVE = (0.25, 0.4)
-
-
-def _event_zoom(rng: np.random.Generator) -> float:
-    return 1.0 if rng.uniform() < 0.5 else float(rng.uniform(*EVENT_ZOOM))
 
 
 def label_of(action: str, outcome: str) -> int:
@@ -263,11 +254,10 @@ def _ease(z: np.ndarray, end_speed: float) -> np.ndarray:
 
 
 def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True) -> _Scene:
-    """Bowling (`lane`), or skittles: the same pins, on a lane or a bare floor, and a sliding block instead of a ball,
+    """Bowling (`lane`), or skittles: the same pins on a bare floor and a sliding block instead of a ball,
     which knocks them over exactly as a strike does, or veers off and slides past as a gutter ball does."""
     h, w, s, n = t.h, t.w, t.s, t.n
-    zoom = 1.0 if lane else _event_zoom(rng)
-    on_lane = lane or rng.uniform() < EVENT_IN_ACTION_SETTING  # skittles on a bowling lane, or on a bare floor
+    zoom = 1.0 if lane else rng.uniform(*EVENT_ZOOM)
     bg = _color(rng)
     lane_c, pit_c = _contrast(rng, bg, 0.2), _contrast(rng, bg, 0.3)
     gut_c, pin_c = _contrast(rng, lane_c, 0.2), _contrast(rng, lane_c, 0.45)
@@ -287,7 +277,7 @@ def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True) -> _Scene:
     spin = rng.uniform(-0.7, 0.7, len(pins))
     fly, fade = rng.uniform(0.2, 0.5, len(pins)), rng.uniform(0.12, 0.25)
 
-    if on_lane:
+    if lane:
         layout = [_spr("rect", gut_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw + 2 * gut_hw),
                   _spr("rect", lane_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw),
                   _spr("rect", pit_c, top / 2, cx, top / 2, lane_hw + 2 * gut_hw),
@@ -333,11 +323,10 @@ def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True) -> _Scene:
 
 
 def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True) -> _Scene:
-    """A putt on a striped green (`club`), or a marble: the same ball and hole on a green or a bare framed table,
+    """A putt on a striped green (`club`), or a marble: the same ball and hole on a bare framed table,
     the ball rolling off by itself, with no club, into the hole or just past it."""
     h, w, s, n = t.h, t.w, t.s, t.n
-    zoom = 1.0 if club else _event_zoom(rng)
-    on_green = club or rng.uniform() < EVENT_IN_ACTION_SETTING  # a marble on a striped green, or a framed table
+    zoom = 1.0 if club else rng.uniform(*EVENT_ZOOM)
     green = _color(rng)
     hole_c, club_c = _contrast(rng, green, 0.35), _contrast(rng, green, 0.3)
     rim_c, ball_c = _contrast(rng, hole_c, 0.25), _distinct(rng, [green, hole_c], 0.45)
@@ -366,7 +355,7 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True) -> _Scene:
     edge = max(1.0, s * 0.03)  # the marble table's frame
     frame = [_spr("rect", club_c, e_y, w / 2, edge, w / 2 + 1) for e_y in (0, h)] + [
         _spr("rect", club_c, h / 2, e_x, h / 2 + 1, edge) for e_x in (0, w)]
-    layout = stripes + hole if on_green else frame + hole
+    layout = stripes + hole if club else frame + hole
 
     e = np.array([yh - y0, xh - x0])
     length = float(np.hypot(*e))
@@ -374,8 +363,6 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True) -> _Scene:
     l_b = length - near
     v_b = 0.9 * l_b / (t.ub - u_hit)  # the speed the ball arrives with at the branch
     v_b = max(v_b, 1.4 * near / (1 - t.ub))  # after it: fast enough that a holed ball is gone well before the end
-    if not club:  # and a marble slow enough to be still on its way down at half the time left
-        v_b = min(v_b, 2 * near / (1 - t.ub))
     pre = l_b * _ease(np.clip((t.u - u_hit) / (t.ub - u_hit), 0, None), 0.9)
     wp = t.wpost
     c, sn = math.cos(side * turn), math.sin(side * turn)
