@@ -61,6 +61,27 @@ def summarise(st: dict) -> dict:
     return out
 
 
+def shipped_pair_attention(model: HookedViViT) -> dict:
+    """On each shipped pair's clean clip: the head whose [CLS] attention puts the most mass on the outcome region,
+    as a multiple of the uniform share (region tokens / all tokens), read off `hook_pattern` with a plain hook.
+    `ceiling` = 1 / share, the multiple of a head that attends to nothing else."""
+    out = {}
+    for action in assets.pairs():
+        pair = analysis.load_pair(model, *assets.pair_paths(action)[:2])
+        positions = torch.tensor(pair.region.positions)
+        rows = {}
+        hooks = [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: rows.__setitem__(hook.name, t[0, :, 0].clone()))
+                 for l in range(model.cfg.n_layers)]  # fmt: skip
+        with torch.no_grad():
+            model.run_with_hooks(pair.clean, fwd_hooks=hooks)
+        share = len(positions) / model.cfg.n_pos
+        ratio = torch.stack([rows[n][:, positions].sum(-1) for n, _ in hooks]) / share  # [layer head]
+        l, h = divmod(int(ratio.argmax()), model.cfg.n_heads)
+        out[action] = {"region_tokens": len(positions), "n_pos": model.cfg.n_pos, "share": share,
+                       "ceiling": 1 / share, "best_head": [l, h], "mass_over_uniform": float(ratio[l, h])}  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(assets.tiny_model_path()))
@@ -78,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     st = analysis.study(model, {a: g[: args.pairs] for a, g in gen.items()}, probe_pairs=gen, seed=args.seed,
                         progress=sys.stderr.isatty())  # fmt: skip
     summary = summarise(analysis.jsonable(st))
+    summary["shipped_pairs_attention"] = shipped_pair_attention(model)
     cmd = shlex.join(["python", "benchmarks/outcome_world.py", *(sys.argv[1:] if argv is None else argv)])
     summary |= {"command": cmd, "pair_seeds": f"[{args.seed}, {args.seed + n}) per domain",
                 "wall_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip

@@ -162,21 +162,35 @@ def test_the_outcome_is_present_in_the_cls_residual(outcome_runs, action):
     assert best["test"] >= 0.65 and best["control"] <= 0.6
 
 
-@pytest.mark.xfail(strict=True, reason="target not reached: the best head puts 1.6x the uniform share there")
-def test_a_head_attends_to_the_outcome_region_of_the_shipped_pair(model):
-    """[CLS] attention mass on the outcome box, read off `hook_pattern` with a plain hook: some head puts at least
-    3x the uniform share there."""
-    pair = analysis.load_pair(model, *assets.pair_paths("bowling")[:2])
+def _cls_attention_on_region(model, action: str) -> tuple[torch.Tensor, float]:
+    """[CLS] attention mass of every head `[layer head]` on the outcome box of the shipped pair's clean clip, read off
+    `hook_pattern` with a plain hook, as a multiple of the uniform share; and the ceiling 1 / share (a head that
+    attends to nothing else)."""
+    pair = analysis.load_pair(model, *assets.pair_paths(action)[:2])
     positions = torch.tensor(pair.region.positions)
     patterns = {}
     hooks = [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: patterns.__setitem__(hook.name, t[0, :, 0].clone()))
              for l in range(model.cfg.n_layers)]
     with torch.no_grad():
         model.run_with_hooks(pair.clean, fwd_hooks=hooks)
-    mass = torch.stack([patterns[n][:, positions].sum(-1) for n, _ in hooks])  # [layer head]
-    ratio = mass / (len(positions) / model.cfg.n_pos)
-    print(f"\nbest [CLS] attention on the outcome region: {float(ratio.max()):.2f}x the uniform share")
+    share = len(positions) / model.cfg.n_pos
+    return torch.stack([patterns[n][:, positions].sum(-1) for n, _ in hooks]) / share, 1 / share
+
+
+def test_a_head_attends_to_the_outcome_region_of_the_golf_pair(model):
+    """Some head puts at least 3x the uniform share of its [CLS] attention on the golf pair's outcome box."""
+    ratio, ceiling = _cls_attention_on_region(model, "golf_putt")
+    l, h = divmod(int(ratio.argmax()), model.cfg.n_heads)
+    print(f"\ngolf_putt: L{l}H{h} puts {float(ratio.max()):.2f}x the uniform share on the outcome box (ceiling {ceiling:.2f}x)")
     assert float(ratio.max()) >= 3
+
+
+def test_the_bowling_pairs_outcome_box_is_too_large_for_3x(model):
+    """The bowling pair's box (pins, ball and gutter) covers 42% of the tokens, so no head can reach 3x the uniform
+    share there (the README says so rather than claiming the target): the ceiling, and where the best head stands."""
+    ratio, ceiling = _cls_attention_on_region(model, "bowling")
+    print(f"\nbowling: best head {float(ratio.max()):.2f}x the uniform share, ceiling {ceiling:.2f}x")
+    assert ceiling < 3 and float(ratio.max()) <= ceiling + 1e-4
 
 
 def test_measurement_pairs_never_reuse_a_training_scene(record):
