@@ -88,7 +88,6 @@ def test_every_patching_sweep_on_meta(meta):
     from vivit_lens import patching as P
 
     model, clean, corrupt, cc, rc = meta
-    L, H, n_pos = model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_pos
     rec = SignalRecovery.from_caches(cc, rc, final_resid_hook(model))
     small = dict(layers=[1], batch_size=256, progress=False)  # meta kernels run in Python: few, large batches
     for metric in (Logit(LABEL), LogitDiff(LABEL, OTHER), tl_logit_diff):
@@ -130,8 +129,17 @@ def _index_len(setter) -> int:
 
 def test_path_patching_and_attribution_on_meta(meta):
     from vivit_lens.attribution import attribution_patch
-    from vivit_lens.paths import MLP, FinalResid, Head, HeadInput, MLPInput, PathPatcher, path_patch, path_patch_receivers
-    from vivit_lens.paths import path_patch_senders
+    from vivit_lens.paths import (
+        MLP,
+        FinalResid,
+        Head,
+        HeadInput,
+        MLPInput,
+        PathPatcher,
+        path_patch,
+        path_patch_receivers,
+        path_patch_senders,
+    )
 
     model, clean, corrupt, cc, rc = meta
     for metric, direction in ((Logit(LABEL), "denoising"), (tl_logit_diff, "noising")):
