@@ -11,5 +11,9 @@ run video python benchmarks/bench_video.py
 run paths python benchmarks/bench_paths.py --senders 3 --json benchmarks/results/paths.json
 run patching python benchmarks/bench_patching.py --layers 3,8
 run patching_full python benchmarks/bench_patching.py --layers all --no-second-ours   # about 32 minutes
+run memory_full python benchmarks/bench_memory.py --json benchmarks/results/memory_full.json
+run dtypes python benchmarks/dtypes.py --json benchmarks/results/dtypes.json
+run ray python benchmarks/bench_ray.py --json benchmarks/results/ray.json
+run gpu_check python benchmarks/gpu_check.py --json benchmarks/results/gpu_check.json   # on a CPU: "no GPU found", small size
 run outcome_world python benchmarks/outcome_world.py --pairs 100 --probe-pairs 200 --json benchmarks/results/outcome_world.json
 run analyze bash -c 'cd "$(mktemp -d)" && /usr/bin/time -v vivit-lens analyze --no-progress 2>&1 | grep -E "Elapsed|Maximum resident"'
