@@ -1,8 +1,8 @@
 """The interactive views of the HTML reports: compact data for them, and the markup and script that show it.
 
-    views = analysis_views(model, pair.clean, pair.corrupt, res, processor=model.processor)
-    html = views_html("analysis", views)      # a frame scrubber, the head map and the path graph
-    html = views_html("study", study_views(st))   # the per-pair rows behind each CI
+    views = analysis_views(model, pair.clean, pair.corrupt, res)       # or study_views(st) for a study
+    html = views_html(("scrubber", "heads", "graph"))                  # the markup of the views, in a page
+    html += data_and_script(views, sections)                           # then their data and the script
 
 Everything is embedded in the report (no network): frames as PNG or JPEG data URIs, [CLS] attention and the
 clean - corrupt delta as uint8 maps with one scale per map (base64), everything else as JSON rounded to 4
@@ -194,8 +194,8 @@ svg text{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif}.vl-scrol
 """
 
 
-def views_html(views: Mapping, parts: tuple[str, ...]) -> str:
-    """The markup of the views named in `parts` ("scrubber", "heads", "graph", "explorer")."""
+def views_html(parts: tuple[str, ...]) -> str:
+    """The markup of the views named in `parts` ("scrubber", "heads", "graph": analysis; "explorer": study)."""
     blocks = {"scrubber": SCRUBBER, "heads": HEADS, "graph": GRAPH, "explorer": EXPLORER}
     return "".join(blocks[p] for p in parts)
 

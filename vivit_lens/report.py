@@ -217,7 +217,7 @@ def render_analysis(res: Mapping, images: Mapping[str, bytes], views: Mapping | 
         return figure(images[name], caption, name) if name in images else ""
 
     def view(part: str) -> str:
-        return interactive.views_html(views, (part,)) if views else ""
+        return interactive.views_html((part,)) if views else ""
 
     if views:
         sec.append(("explore", "Explore the clips", "<p class='meta'>Move through the frames of both clips; the "

@@ -75,7 +75,7 @@ def render_study(st: Mapping, images: Mapping[str, bytes], views: Mapping | None
         sec.append(("pairs-explorer", "The pairs behind each CI", "<p class='meta'>Choose a quantity (and its layer "
                     "or head), or click any underlined mean [CI] in the tables below: every pair's value, the mean "
                     "and the 95% bootstrap CI. Click a dot or a row to select that pair.</p>"
-                    + interactive.views_html(views, ("explorer",))))  # fmt: skip
+                    + interactive.views_html(("explorer",))))  # fmt: skip
     body = fig("study_recovery", "Signal recovery per layer, mean over pairs with 95% bootstrap CI.")
     for dom, d in st["domains"].items():
         ci = d["ci"]
