@@ -40,10 +40,6 @@ def _grid(x) -> np.ndarray:
     return np.asarray([[np.nan if v is None else v for v in row] for row in x], dtype=float)
 
 
-def _caption(fig: Figure, text: str, y: float = 0.005) -> None:
-    fig.text(0.01, y, text, fontsize=7.5, ha="left", va="bottom", wrap=True, color="0.25")
-
-
 def _annotate(ax, m: np.ndarray, fmt: str = "{:.0f}", fontsize: float = 8.0, vmax: float | None = None) -> None:
     """Each cell's value, white on the dark end of the colour scale (`vmax`: its end; default the map's max)."""
     if m.size > 400:
