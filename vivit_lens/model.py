@@ -353,8 +353,8 @@ class HookedViViT(HookedRootModule):
 
         device, dtype = parse_device(device), parse_dtype(dtype)
         files = loading.resolve(name_or_path, revision=revision, cache_dir=cache_dir)
-        cfg = ViViTConfig.from_json(files.config)
-        processor = ProcessorConfig.from_json(files.processor) if files.processor else None
+        cfg = cls._config_from_json(files.config)
+        processor = cls._processor_from_json(files.processor, cfg) if files.processor else None
         if processor is not None and processor.do_center_crop and processor.crop_size != cfg.image_size:
             raise ConfigError(
                 f"{files.processor}: crop_size {processor.crop_size} does not match the model's image_size "
@@ -364,6 +364,15 @@ class HookedViViT(HookedRootModule):
         model = cls(cfg, processor)
         model.load_hf_state_dict(state)
         return model.to(device=device, dtype=dtype)
+
+    @classmethod
+    def _config_from_json(cls, path: Path) -> ViViTConfig:
+        """The architecture's config from a checkpoint's config.json (a subclass reads its own type)."""
+        return ViViTConfig.from_json(path)
+
+    @classmethod
+    def _processor_from_json(cls, path: Path, cfg: ViViTConfig) -> ProcessorConfig:
+        return ProcessorConfig.from_json(path)
 
     @classmethod
     def from_hf_model(cls, hf_model: nn.Module) -> HookedViViT:

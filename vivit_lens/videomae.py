@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vivit_lens.components import Embed, LayerNorm, Resid, TransformerBlock
-from vivit_lens.config import ConfigError, ProcessorConfig
+from vivit_lens.config import ProcessorConfig
 from vivit_lens.hooks import HookedRootModule, HookPoint
 from vivit_lens.model import HookedViViT, Unembed
 from vivit_lens.videomae_config import VideoMAEConfig, videomae_processor, videomae_processor_from_json
@@ -102,31 +102,15 @@ class HookedVideoMAE(HookedViViT):
         return "fc_norm" if self.cfg.use_mean_pooling else "ln_final"
 
     # Loading and saving --------------------------------------------------------------------------
+    # from_pretrained is HookedViViT's (device and dtype checked first, the crop checked against the model);
+    # these two read VideoMAE's config and processor defaults.
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        *,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> HookedVideoMAE:
-        """Load a VideoMAE classifier: a local folder (HF or vivit_lens layout) or a Hugging Face hub id."""
-        from vivit_lens import loading
+    def _config_from_json(cls, path: Path) -> VideoMAEConfig:
+        return VideoMAEConfig.from_json(path)
 
-        files = loading.resolve(name_or_path, revision=revision, cache_dir=cache_dir)
-        cfg = VideoMAEConfig.from_json(files.config)
-        processor = videomae_processor_from_json(files.processor, cfg.image_size) if files.processor else None
-        if processor is not None and processor.do_center_crop and processor.crop_size != cfg.image_size:
-            raise ConfigError(
-                f"{files.processor}: crop_size {processor.crop_size} does not match the model's image_size "
-                f"{cfg.image_size} in {files.config.name}; the processor must produce the frames the model takes"
-            )
-        state = loading.read_state_dict(files.weights)
-        model = cls(cfg, processor)
-        model.load_hf_state_dict(state)
-        return model.to(device=device, dtype=dtype)
+    @classmethod
+    def _processor_from_json(cls, path: Path, cfg: VideoMAEConfig) -> ProcessorConfig:
+        return videomae_processor_from_json(path, cfg.image_size)
 
     @classmethod
     def from_hf_model(cls, hf_model: nn.Module) -> HookedVideoMAE:
