@@ -54,7 +54,12 @@ def timed(fn) -> float:
 
 
 def scenario_speed(config: dict, reps: int) -> dict:
-    ref, model, x = build(config)
+    return interleaved_speed(*build(config), reps)
+
+
+def interleaved_speed(ref, model, x, reps: int) -> dict:
+    """HF sdpa forward, our forward and our `run_with_cache` (resid / attn_out / mlp_out / z), interleaved `reps`
+    times so that machine load hits every side alike; also the logits' max abs difference and the peak RSS."""
     names = lambda n: n.endswith(CACHED)  # noqa: E731
     runs = {
         "hf_sdpa": lambda: ref(x).logits,

@@ -15,7 +15,7 @@ import argparse
 import statistics
 
 import torch
-from bench_model import CACHED, peak_rss_gib, timed
+from bench_model import interleaved_speed
 
 FULL = {"num_labels": 400}
 SMALL = {
@@ -44,25 +44,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    ref, model, x = build(SMALL if args.small else FULL)
-    names = lambda n: n.endswith(CACHED)
-    runs = {
-        "hf_sdpa": lambda: ref(x).logits,
-        "ours": lambda: model(x),
-        "ours_cache": lambda: model.run_with_cache(x, names_filter=names),
-    }
-    with torch.no_grad():
-        diff = (model(x) - ref(x).logits).abs().max().item()  # also the warm-up
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(args.reps):
-            for k, fn in runs.items():
-                times[k].append(timed(fn))
+    res = interleaved_speed(*build(SMALL if args.small else FULL), args.reps)
+    times, diff = res["times"], res["logits_max_abs_diff"]
     med = {k: statistics.median(v) for k, v in times.items()}
     low = {k: min(v) for k, v in times.items()}
     which = "small config" if args.small else "full VideoMAE-B [1,16,3,224,224] fp32 (1568 tokens)"
     print(f"# HookedVideoMAE vs transformers VideoMAE: {which}, {args.threads} threads, torch {torch.__version__}")
     print(f"# logits max abs diff (ours vs HF sdpa): {diff:.2e}; {args.reps} interleaved reps; peak RSS "
-          f"{peak_rss_gib():.2f} GiB (both models in one process)")  # fmt: skip
+          f"{res['peak_rss_gib']:.2f} GiB (both models in one process)")  # fmt: skip
     print(f"{'scenario':48s} {'ours s (min/med)':>17s} {'ref s (min/med)':>17s} {'ratio (med)':>11s} {'(min)':>6s}")
     for label, a, b in (
         ("forward, no hooks  vs HF sdpa", "ours", "hf_sdpa"),
