@@ -207,9 +207,11 @@ def test_bad_input_exit_code_2_and_a_message(case, other, bad_pairs, tmp_path, c
 
 def test_missing_model_and_bad_usage(other, tmp_path, capsys):
     _, pair = other
-    rc, err = run(["analyze", pair / "clean.mp4", pair / "corrupt.mp4", "--model", tmp_path / "nowhere"], capsys)
+    # --out in tmp_path: the default (./vivit_lens_report) may hold the README's first command's report
+    out = ["--out", tmp_path / "out"]
+    rc, err = run(["analyze", pair / "clean.mp4", pair / "corrupt.mp4", "--model", tmp_path / "nowhere", *out], capsys)
     assert rc == 2 and "cannot load the model" in err and "Traceback" not in err
-    rc, err = run(["analyze", pair / "clean.mp4", pair / "corrupt.mp4", "--model", pair], capsys)
+    rc, err = run(["analyze", pair / "clean.mp4", pair / "corrupt.mp4", "--model", pair, *out], capsys)
     assert rc == 2 and "config.json" in err
     rc, err = run(["frobnicate"], capsys)
     assert rc == 2 and "invalid choice" in err
