@@ -13,7 +13,7 @@ positions and/or heads; use it with `model.hooks(abl.fwd_hooks())`, `model.run_w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
 import torch
@@ -34,7 +34,8 @@ class Ablation:
     - `zero`: set to 0.
     - `mean`: set to `value`, the mean activation over a reference batch (`Ablation.mean`), per
       position, or, with `over="tokens"`, one mean vector over the reference's tokens; without a
-      reference, each clip's own mean over its tubelet tokens ([CLS] excluded) is used.
+      reference, each clip's own mean over its tubelet tokens ([CLS] excluded) is used. `first` is the
+      position of the first tubelet token (1 after ViViT's [CLS]); `ablate` sets it from `model.grid`.
     - `resample`: set to another run's activation `value` `[n ...]`: row i of a batch of n, one row
       broadcast, or (other n) rows drawn with `seed`.
     - `noise`: add Gaussian noise of standard deviation `std` (drawn with `seed`: reproducible).
@@ -47,6 +48,7 @@ class Ablation:
     value: Tensor | None = None
     std: float | int = 0.0
     seed: int = 0
+    first: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "positions", index_tuple(self.positions))
@@ -69,7 +71,8 @@ class Ablation:
         """Mean ablation; `reference`: activations `[n ...]` of `hook` on reference clips, or a cache holding them.
 
         `over="batch"`: the mean over the n clips, position by position. `over="tokens"`: also over
-        the reference's tubelet tokens (position 1 on), one vector for every ablated position.
+        the reference's tubelet tokens (from the first one: a cache that knows its config says where, 1 after
+        ViViT's [CLS], 0 without one; otherwise 1), one vector for every ablated position.
         """
         if over not in ("batch", "tokens"):
             raise ValueError(f"over must be 'batch' or 'tokens', got {over!r}")
@@ -80,7 +83,9 @@ class Ablation:
         ref = reference[hook] if isinstance(reference, Mapping) else reference
         value = ref.mean(0)
         if over == "tokens":
-            value = value[1:].mean(0, keepdim=True).expand_as(value)
+            cfg = getattr(reference, "cfg", None)
+            first = cfg.n_pos - cfg.n_tubelets if cfg is not None else 1
+            value = value[first:].mean(0, keepdim=True).expand_as(value)
         return cls(hook, "mean", positions, heads, value=value.detach())
 
     @classmethod
@@ -105,7 +110,7 @@ class Ablation:
         if self.kind == "mean" and self.value is None:
             if axes.split()[1] != "pos":
                 raise ValueError(f"a clip's own token mean needs a [batch pos ...] activation, {self.hook} is [{axes}]")
-            return act[:, 1:].mean(1, keepdim=True)  # each clip's own token mean
+            return act[:, self.first:].mean(1, keepdim=True)  # each clip's own token mean
         value = self.value.to(act)
         if self.kind == "mean":
             return value[None]
@@ -127,6 +132,7 @@ class Ablation:
 def ablate(model, x: Tensor, ablations: Ablation | Sequence[Ablation], **kwargs) -> Tensor:
     """The model's output with every ablation applied (`kwargs` go to the forward, e.g. `stop_at_layer`)."""
     ablations = [ablations] if isinstance(ablations, Ablation) else list(ablations)
+    ablations = [replace(a, first=model.grid.first) for a in ablations]
     with torch.no_grad():
         return model.run_with_hooks(x, fwd_hooks=[h for a in ablations for h in a.fwd_hooks()], **kwargs)
 

@@ -335,8 +335,21 @@ def _topk(logits: Tensor, labels: Mapping[int, str], k: int) -> list[dict]:
              "prob": float(probs[i])} for r, (v, i) in enumerate(zip(values, idx))]  # fmt: skip
 
 
-def _cache_names(n_layers: int) -> list[str]:
-    names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"]
+def _signal_positions(model, which: str) -> tuple[int, ...]:
+    """`"cls"` (the [CLS] token; a model without one: a ValueError naming the others), `"readout"` (the
+    positions the classifier reads) or `"all"`."""
+    if which == "cls" and model.grid.cls is not None:
+        return (model.grid.cls,)
+    if which == "readout":
+        return tuple(model.readout_positions)
+    if which == "all":
+        return tuple(range(model.cfg.n_pos))
+    no_cls = f" ({type(model).__name__} has no [CLS] token)" if which == "cls" else ""
+    raise ValueError(f"signal_positions must be 'cls', 'readout' or 'all'{no_cls}, got {which!r}")
+
+
+def _cache_names(n_layers: int, readout_norm: str = "ln_final") -> list[str]:
+    names = ["hook_embed", "hook_pos_embed", f"{readout_norm}.hook_scale"]
     per_layer = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
                  "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z")  # fmt: skip
     return names + [f"blocks.{l}.{n}" for l in range(n_layers) for n in per_layer]
@@ -393,7 +406,8 @@ def analyze_pair(
     logit measurements (name or index; default: the model's top prediction on the clean clip).
     `region`: the outcome region for ablation and attention mass (default: the tokens whose
     embeddings differ most). `signal_layer`: where the patching signal is read (default: the last
-    block's output); `signal_positions`: `"cls"` (the [CLS] token, default) or `"all"` tokens.
+    block's output); `signal_positions`: `"cls"` (the [CLS] token, default; a model
+    without one: a ValueError), `"readout"` (the positions the classifier reads) or `"all"` tokens.
     `top_heads`: heads shown with [CLS] attention; `n_composers`: MLPs whose head inputs are path-patched.
     `steps`: a subset of `STEPS` (patching is needed by heads, paths and attribution). `norm_recovery`: also
     score the block patching with the direction-blind norm variant (two more sweeps).
@@ -411,15 +425,13 @@ def analyze_pair(
     s = cfg.n_layers - 1 if signal_layer is None else int(signal_layer)
     if not 0 <= s < cfg.n_layers:
         raise ValueError(f"signal_layer must be in [0, {cfg.n_layers}), got {signal_layer}")
-    if signal_positions not in ("cls", "all"):
-        raise ValueError(f"signal_positions must be 'cls' or 'all', got {signal_positions!r}")
-    signal_pos = (0,) if signal_positions == "cls" else tuple(range(cfg.n_pos))
+    signal_pos = _signal_positions(model, signal_positions)
     signal_hook = f"blocks.{s}.hook_resid_post"
     res: dict[str, Any] = {"signal": {"layer": s, "hook": signal_hook, "positions": signal_positions}}
 
     bar = _Steps(["forward", *steps], progress, "analyze")
     with bar("forward"), torch.no_grad():
-        names = _cache_names(cfg.n_layers)
+        names = _cache_names(cfg.n_layers, model.readout_norm_name)
         logits_c, cache_c = model.run_with_cache(clean, names_filter=names)
         logits_r, cache_r = model.run_with_cache(corrupt, names_filter=names)
     cls = int(logits_c[0].argmax()) if label is None else (
@@ -493,7 +505,8 @@ def _cascade(cache_c, cache_r, n_layers: int) -> dict:
     tm = norms.values[list(norms.labels[0]).index("resid_post"), :, 1].double()
     out["resid_post"]["growth_vs_layer0"] = _list(tm / tm[0]) if float(tm[0]) > 0 else None
     e = (cache_c["hook_embed"] - cache_r["hook_embed"]).double().norm(dim=-1)
-    out["embed"] = {"token_mean": float(e.mean()), "cls": float(e[:, 0].mean())}
+    readout = list(cache_c.cfg.readout_positions)
+    out["embed"] = {"token_mean": float(e.mean()), "cls": float(e[:, readout].mean())}
     return out
 
 
@@ -512,7 +525,7 @@ def _dla(model, cache_c, cache_r, cls: int, logits_c: Tensor, logits_r: Tensor) 
     for name, cache in (("clean", cache_c), ("corrupt", cache_r)):
         per_pos = cache.dla_tokens(cls, model=model)[:, :, 0].sum((0, 1))  # [pos]
         maps[name] = model.grid.to_grid(per_pos).reshape(t, h, w)
-        cls_self[name] = float(per_pos[0])
+        cls_self[name] = float(per_pos[model.grid.cls]) if model.grid.cls is not None else 0.0
     out["tokens"] = {
         "grid_shape": [t, h, w], "clean": _list(maps["clean"]), "corrupt": _list(maps["corrupt"]),
         "difference": _list(maps["clean"] - maps["corrupt"]),
@@ -530,7 +543,7 @@ def _attention(model, cache_c, cache_r, cls: int, region: Region, top_heads: int
     attn_c, attn_r = cls_attention(cache_c), cls_attention(cache_r)
     dla = cache_c.dla_heads(cls, model=model)[..., 0]  # [layer head]
     order = torch.argsort(dla.abs().reshape(-1), descending=True, stable=True)[: min(top_heads, dla.numel())]
-    idx = torch.tensor(region.positions) - 1
+    idx = torch.tensor(region.positions) - model.grid.first
     flat_c = attn_c.values.reshape(cfg.n_layers, cfg.n_heads, -1)
     flat_r = attn_r.values.reshape(cfg.n_layers, cfg.n_heads, -1)
     mass = flat_c[..., idx].sum(-1)
@@ -601,8 +614,9 @@ def _paths(model, clean, corrupt, metric, res: dict, s: int, n_composers: int, o
     out: dict[str, Any] = {"metric": "signal recovery (%)", "freeze": True}
     if s == cfg.n_layers - 1:
         direct = pp.senders_into(FinalResid(positions=metric.positions))
-        out["direct_to_final"] = {"receiver": "final residual at " + ("[CLS]" if metric.positions == (0,) else
-                                                                      "all tokens"),
+        at_cls = model.grid.cls is not None and metric.positions == (model.grid.cls,)
+        where = "[CLS]" if at_cls else "the readout" if metric.positions == tuple(model.readout_positions) else "all tokens"
+        out["direct_to_final"] = {"receiver": "final residual at " + where,
                                   "heads": _list(direct.heads()), "mlps": _list(direct.mlps()),
                                   "embed": float(direct.values[0, 0])}  # fmt: skip
     else:

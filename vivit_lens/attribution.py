@@ -26,8 +26,8 @@ from torch import Tensor
 from vivit_lens import memory
 from vivit_lens.metrics import Metric, metric_kind
 from vivit_lens.paths import (
-    HeadInput, MLPInput, PathScores, Sender, _mask, all_receivers, all_senders, check_nodes, reaches, source_hook,
-    write_delta,
+    HeadInput, MLPInput, PathScores, Sender, _mask, all_receivers, all_senders, check_nodes, node_positions, reaches,
+    source_hook, write_delta,
 )  # fmt: skip
 
 Direction = str  # "denoising" or "noising"
@@ -161,7 +161,7 @@ class Attribution:
                 g = self.grads[f"blocks.{r.layer}.hook_mlp_in"]
             else:
                 g = self.grads[source_hook(r, L)]
-            out.append(_mask(g, r.positions))
+            out.append(_mask(g, node_positions(r, self.cfg)))
         return torch.stack(out)
 
     def _pairs(self, senders: list, receivers: list) -> Float[Tensor, "sender receiver"]:
@@ -222,22 +222,24 @@ _PER_LAYER = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "at
               "hook_mlp_in", "hook_mlp_out")  # fmt: skip
 
 
-_CLS_ONLY = ("attn.hook_q", "attn.hook_z", "hook_attn_out", "hook_mlp_in", "hook_mlp_out", "hook_resid_post")
+_READOUT_ONLY = ("attn.hook_q", "attn.hook_z", "hook_attn_out", "hook_mlp_in", "hook_mlp_out", "hook_resid_post")
 
 
-def _last_block_at_cls(model, resid_pre: Float[Tensor, "batch pos d_model"]) -> dict[str, Tensor]:
-    """The last block for the [CLS] query only, under full hook names: all that the logits depend on."""
+def _last_block_at_readout(model, resid_pre: Float[Tensor, "batch pos d_model"]) -> dict[str, Tensor]:
+    """The last block for the readout positions' queries only, under full hook names: all that the logits
+    depend on."""
     name = f"blocks.{model.cfg.n_layers - 1}."
-    return {name + k: v for k, v in model.blocks[-1].at_positions(resid_pre, (0,)).items()}
+    return {name + k: v for k, v in model.blocks[-1].at_positions(resid_pre, model.readout_positions).items()}
 
 
-def _pad(t: Tensor, n_pos: int) -> Tensor:
-    """A [CLS]-only activation `[batch 1 ...]` (positions on axis 1) as `[batch pos ...]`, zero elsewhere
-    (where its gradient is zero). Only for what `_last_block_at_cls` computed: other hooks keep their shape."""
+def _pad(t: Tensor, positions: tuple[int, ...], n_pos: int) -> Tensor:
+    """An activation at the readout positions only `[batch k ...]` (positions on axis 1) as `[batch pos ...]`,
+    zero elsewhere (where the logits do not read it: its gradient is zero). Only for what
+    `_last_block_at_readout` computed: other hooks keep their shape."""
     if t.shape[1] == n_pos:
         return t
     out = t.new_zeros(t.shape[0], n_pos, *t.shape[2:])
-    out[:, :1] = t
+    out[:, list(positions)] = t
     return out
 
 
@@ -259,9 +261,9 @@ def attribution_patch(
     `metric`: a `Metric` (one value per clip; effects are batch means) or a TransformerLens-style
     callable on the `[batch n_classes]` logits returning one number for the batch.
     `fast`: when the metric reads the logits, no extra hooks are asked for and no hook is attached to
-    the model, both runs compute the last block for the [CLS] query only (the logits read nothing
-    else): the last layer's activations are then zero outside [CLS], where their gradient is zero,
-    so every attribution is unchanged.
+    the model, both runs compute the last block for the readout positions' queries only (the logits read
+    nothing else; ViViT: [CLS]): the last layer's activations are then zero outside them, where their
+    gradient is zero, so every attribution is unchanged.
     """
     if direction not in ("denoising", "noising"):
         raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
@@ -285,7 +287,7 @@ def attribution_patch(
         del src_cache  # `src` is now the only holder: its tensors become the differences, nothing else keeps them
         if fast:
             src[f"blocks.{L - 1}.hook_resid_pre"] = out
-            src.update(_last_block_at_cls(model, out))
+            src.update(_last_block_at_readout(model, out))
         del out
     state = _Deltas(src, grad_names={n for n in names if n not in ("hook_embed", "hook_pos_embed")},
                     keep_grads=_receiver_grad_names(L), keep_deltas=_sender_names(L))  # fmt: skip
@@ -307,16 +309,18 @@ def attribution_patch(
         out = model(ref_x, stop_at_layer=stop)
         if fast:
             state.track(f"blocks.{L - 1}.hook_resid_pre", out)
-            last = _last_block_at_cls(model, out)
+            last = _last_block_at_readout(model, out)
             for name, t in last.items():
                 state.track(name, t)
-            out = model.unembed(model.ln_final(last[f"blocks.{L - 1}.hook_resid_post"])[:, 0])
+            final = _pad(last[f"blocks.{L - 1}.hook_resid_post"], model.readout_positions, n_pos)
+            out = model.unembed(model.readout(final))
         value = torch.as_tensor(metric(out if reads is None else read["t"]))
         if not per_example and value.numel() != 1:
             raise ValueError(f"a plain metric must return one number for the batch, got shape {tuple(value.shape)}")
         torch.autograd.grad(value.sum(), [leaf["embed"]])  # the per-hook work happens in the gradient hooks
-    cls_only = {f"blocks.{L - 1}.{k}" for k in _CLS_ONLY} if fast else set()
-    nodes, deltas, grads = state.results(lambda name, t: _pad(t, n_pos) if name in cls_only else t)
+    readout_only = {f"blocks.{L - 1}.{k}" for k in _READOUT_ONLY} if fast else set()
+    positions = model.readout_positions
+    nodes, deltas, grads = state.results(lambda name, t: _pad(t, positions, n_pos) if name in readout_only else t)
     name = repr(metric) if per_example else getattr(metric, "__name__", repr(metric))
     return Attribution(model, nodes, deltas, grads, state.ref_resid, direction, name, value.detach(), per_example)
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal, Protocol, Union, runtime_checkable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,22 +35,13 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from vivit_lens.cache_dla import ClassIndex, LogitAttribution, PosSlice, SliceLike
 from vivit_lens.config import ViViTConfig
 from vivit_lens.utils import get_act_name
 
-@runtime_checkable
-class SliceLike(Protocol):
-    """TransformerLens' `Slice` (anything with `.apply(tensor, dim)` and a `.mode`)."""
-
-    mode: str
-
-    def apply(self, tensor: Tensor, dim: int = 0) -> Tensor: ...
-
-
-PosSlice = Union[None, int, slice, Sequence[int], Tensor, SliceLike]
-ClassIndex = Union[int, str, Tensor]
 WEIGHT_PREFIX = "__weights__."
-WEIGHT_NAMES = ("W_O", "b_O", "W_U", "b_U", "ln_final.w", "ln_final.b")
+WEIGHT_NAMES = ("W_O", "b_O", "W_U", "b_U", "readout_norm.w", "readout_norm.b")
+_LEGACY_WEIGHT_NAMES = {"ln_final.w": "readout_norm.w", "ln_final.b": "readout_norm.b"}  # files before the readout
 
 
 def _apply_pos(t: Tensor, pos_slice: PosSlice, dim: int) -> Tensor:
@@ -70,7 +61,7 @@ def _apply_pos(t: Tensor, pos_slice: PosSlice, dim: int) -> Tensor:
 
 _WEIGHTS = {
     "W_O": lambda m: m.W_O, "b_O": lambda m: m.b_O, "W_U": lambda m: m.W_U, "b_U": lambda m: m.b_U,
-    "ln_final.w": lambda m: m.ln_final.w, "ln_final.b": lambda m: m.ln_final.b,
+    "readout_norm.w": lambda m: m.readout_norm.w, "readout_norm.b": lambda m: m.readout_norm.b,
     "W_out": lambda m: m.W_out, "b_out": lambda m: m.b_out,
 }  # fmt: skip
 
@@ -79,7 +70,7 @@ def _weights_of(model) -> dict[str, Tensor]:
     return {name: _WEIGHTS[name](model).detach() for name in WEIGHT_NAMES}
 
 
-class ActivationCache(Mapping[str, Tensor]):
+class ActivationCache(LogitAttribution, Mapping[str, Tensor]):
     """A mapping from hook names to activations (and `name + "_grad"` for gradients).
 
     `ActivationCache(cache_dict, model, has_batch_dim=True)` as in TransformerLens; `model` may
@@ -221,6 +212,7 @@ class ActivationCache(Mapping[str, Tensor]):
         cfg = config_from_hf_dict(json.loads(meta["config"])) if "config" in meta else None
         tensors = load_file(str(path))
         weights = {k[len(WEIGHT_PREFIX):]: v for k, v in tensors.items() if k.startswith(WEIGHT_PREFIX)}
+        weights = {_LEGACY_WEIGHT_NAMES.get(k, k): v for k, v in weights.items()}
         order = json.loads(meta["order"]) if "order" in meta else sorted(tensors)
         acts = {k: tensors[k] for k in order if not k.startswith(WEIGHT_PREFIX)}
         has_batch_dim = json.loads(meta.get("has_batch_dim", "true"))
@@ -228,7 +220,7 @@ class ActivationCache(Mapping[str, Tensor]):
 
     # Weights and config ------------------------------------------------------------------------
     def with_weights(self, model) -> ActivationCache:
-        """The same activations, plus the few weights analysis needs (W_O, b_O, W_U, b_U, final LN).
+        """The same activations, plus the few weights analysis needs (W_O, b_O, W_U, b_U, the readout's LayerNorm).
 
         Stored weights travel with `save`/`load`, so a loaded cache can attribute without the model.
         """
@@ -279,16 +271,19 @@ class ActivationCache(Mapping[str, Tensor]):
 
     # Residual stream ---------------------------------------------------------------------------
     def ln_scale(self, layer: int | None = None, mlp_input: bool = False) -> Float[Tensor, "*batch pos 1"]:
-        """The LayerNorm divisor `sqrt(var + eps)` that `layer` applies (`layer=n_layers`/None: ln_final).
+        """The LayerNorm divisor `sqrt(var + eps)` that `layer` applies (`layer=n_layers`/None: the readout's norm).
 
-        Read from the cached `hook_scale`, or computed from the cached residual it normalises.
+        Read from the cached `hook_scale`, or computed from the cached residual it normalises. A readout norm
+        that sees one vector per clip (VideoMAE's `fc_norm` of the token mean) has one scale per clip: `[*batch 1]`.
         """
         cfg, layer = self._config(), self._layer(layer)
         n = cfg.n_layers
+        eps = cfg.layer_norm_eps
         if layer == n:
             if mlp_input:
                 raise ValueError("mlp_input=True has no meaning for the final LayerNorm (layer = n_layers)")
-            key, resid = "ln_final.hook_scale", f"blocks.{n - 1}.hook_resid_post"
+            key, resid = f"{cfg.readout_norm_name}.hook_scale", f"blocks.{n - 1}.hook_resid_post"
+            eps = cfg.readout_norm_eps
         else:
             key = f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"
             resid = f"blocks.{layer}.hook_resid_{'mid' if mlp_input else 'pre'}"
@@ -296,9 +291,35 @@ class ActivationCache(Mapping[str, Tensor]):
             return self._cache[key]
         if resid in self._cache:
             x = self._cache[resid]
+            if layer == n and cfg.readout_norm_pooled:
+                x = _apply_pos(x, list(cfg.readout_positions), -2).mean(-2)
             x = x - x.mean(-1, keepdim=True)
-            return (x.pow(2).mean(-1, keepdim=True) + cfg.layer_norm_eps).sqrt()
+            return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
         raise KeyError(f"neither {key!r} nor {resid!r} is in the cache; the LayerNorm scale is needed here")
+
+    def readout_scale(self) -> Float[Tensor, "*batch"]:
+        """The readout norm's divisor for each clip (the classifier's input is `norm(mean over readout positions)`),
+        as the cached run used it: what direct logit attribution freezes."""
+        cfg = self._config()
+        scale = self.ln_scale(None)
+        if cfg.readout_norm_pooled:
+            return scale[..., 0]
+        positions = cfg.readout_positions
+        if len(positions) != 1:
+            raise ValueError(f"a readout over {len(positions)} positions needs a pooled readout norm (one scale per "
+                             f"clip); {cfg.readout_norm_name} normalises each position")  # fmt: skip
+        return scale[..., positions[0], 0]
+
+    def _final_scale(self, stack_ndim: int, pos_slice: PosSlice, batch_slice: PosSlice, stack_has_batch: bool) -> Tensor:
+        """The readout norm's frozen scale, shaped to divide a stack of `stack_ndim` axes (`[component *batch_and_pos
+        d_model]`) whose positions are `pos_slice`: per position, or one per clip for a pooled readout norm."""
+        scale = self.ln_scale(None)
+        if not self._config().readout_norm_pooled:
+            scale = _apply_pos(scale, pos_slice, -2)
+            return self._example_scale(scale, batch_slice, stack_has_batch) if self.has_batch_dim else scale
+        if self.has_batch_dim:
+            scale = self._example_scale(scale, batch_slice, stack_has_batch)  # [batch 1], or [1] for one clip
+        return scale.reshape(*scale.shape[:-1], *[1] * (stack_ndim - scale.ndim))
 
     def apply_ln_to_stack(
         self,
@@ -317,9 +338,11 @@ class ActivationCache(Mapping[str, Tensor]):
         ln2 with `mlp_input`; `layer=None`/`n_layers`: ln_final), so the components add up to the
         normalised residual minus the LayerNorm bias, times 1/w. `pos_slice` and `batch_slice` say
         which positions/batch rows the stack holds (the stack is taken as already sliced; the scale
-        is sliced here). For the logit, the relevant final scale is the [CLS] token's: `pos_slice=0`.
+        is sliced here). For the logit, the relevant final scale is the readout's: on ViViT the [CLS]
+        token's, `pos_slice=0`; a pooled readout norm (VideoMAE's `fc_norm`) has one scale per clip, which
+        divides every position of the stack.
 
-        `recompute_ln=True` (final layer only): apply the full final LayerNorm (weight and bias
+        `recompute_ln=True` (final layer only): apply the full readout LayerNorm (weight and bias
         included) to each component on its own, with its own statistics: the logit lens.
         """
         layer = self._layer(layer)
@@ -328,11 +351,14 @@ class ActivationCache(Mapping[str, Tensor]):
         if recompute_ln:
             if layer != self._config().n_layers:
                 raise ValueError("recompute_ln=True is only defined for the final LayerNorm (layer = n_layers)")
-            w, b = self._w(model, "ln_final.w"), self._w(model, "ln_final.b")
-            return F.layer_norm(residual_stack, (residual_stack.shape[-1],), w, b, self._config().layer_norm_eps)
-        scale = _apply_pos(self.ln_scale(layer, mlp_input), pos_slice, -2)
-        if self.has_batch_dim:
-            scale = self._example_scale(scale, batch_slice, has_batch_dim)
+            w, b = self._w(model, "readout_norm.w"), self._w(model, "readout_norm.b")
+            return F.layer_norm(residual_stack, (residual_stack.shape[-1],), w, b, self._config().readout_norm_eps)
+        if layer == self._config().n_layers:
+            scale = self._final_scale(residual_stack.ndim, pos_slice, batch_slice, has_batch_dim)
+        else:
+            scale = _apply_pos(self.ln_scale(layer, mlp_input), pos_slice, -2)
+            if self.has_batch_dim:
+                scale = self._example_scale(scale, batch_slice, has_batch_dim)
         return (residual_stack - residual_stack.mean(-1, keepdim=True)) / scale
 
     def _example_scale(self, scale: Tensor, batch_slice: PosSlice, stack_has_batch: bool) -> Tensor:
@@ -550,7 +576,7 @@ class ActivationCache(Mapping[str, Tensor]):
         else:
             stack = like.new_zeros(0, *like.shape[:-1], out_dim)
         if apply_ln and p2d is not None:
-            stack = stack / self._stack_scale(layer, mlp_input, pos_slice)
+            stack = stack / self._stack_scale(layer, mlp_input, pos_slice, stack.ndim)
         elif apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
         if incl_remainder:
@@ -571,7 +597,9 @@ class ActivationCache(Mapping[str, Tensor]):
         n = self._config().n_layers
         return self[f"blocks.{n - 1}.hook_resid_post"] if layer == n else self[f"blocks.{layer}.hook_resid_pre"]
 
-    def _stack_scale(self, layer: int, mlp_input: bool, pos_slice: PosSlice) -> Tensor:
+    def _stack_scale(self, layer: int, mlp_input: bool, pos_slice: PosSlice, stack_ndim: int) -> Tensor:
+        if layer == self._config().n_layers:
+            return self._final_scale(stack_ndim, pos_slice, None, True)
         scale = _apply_pos(self.ln_scale(layer, mlp_input), pos_slice, -2)
         return self._example_scale(scale, None, True) if self.has_batch_dim else scale
 
@@ -629,112 +657,6 @@ class ActivationCache(Mapping[str, Tensor]):
         if project_output_onto is not None and project_output_onto.ndim == 1:
             stack = stack[..., 0]
         return (stack, labels) if return_labels else stack
-
-    # Logit attribution -------------------------------------------------------------------------
-    def logit_attrs(
-        self,
-        residual_stack: Float[Tensor, "component *batch_and_pos d_model"],
-        tokens: ClassIndex,
-        incorrect_tokens: ClassIndex | None = None,
-        pos_slice: PosSlice = None,
-        batch_slice: PosSlice = None,
-        has_batch_dim: bool = True,
-        model=None,
-    ) -> Float[Tensor, "component *batch_and_pos_out"]:
-        """Direct logit attribution: how much each stack component adds to class `tokens`' logit.
-
-        `attr_i = <(x_i - mean(x_i)) / s, w_ln * W_U[:, c]>` with `s` the final LayerNorm scale
-        cached for the run (frozen, `pos_slice` selects it; the logit reads [CLS]: `pos_slice=0`),
-        `w_ln` the final LayerNorm weight. With `incorrect_tokens`, the direction is the difference
-        of the two classes' (logit difference attribution). For a stack that sums to the final
-        residual at [CLS], `attrs.sum(0) + logit_bias(...)` is the logit (difference) exactly.
-        `tokens`: a class index, a label name, or a `[batch]` tensor of indices (one per clip).
-        """
-        direction = self._class_direction(tokens, model)
-        if incorrect_tokens is not None:
-            other = self._class_direction(incorrect_tokens, model)
-            if other.shape != direction.shape:
-                raise ValueError(f"tokens and incorrect_tokens give different shapes: {direction.shape} vs {other.shape}")
-            direction = direction - other
-        direction = direction * self._w(model, "ln_final.w")
-        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice, batch_slice=batch_slice,
-                                        has_batch_dim=has_batch_dim)  # fmt: skip
-        if direction.ndim == 2:  # one class per batch row: broadcast over the positions after the batch axis
-            direction = direction.reshape(direction.shape[0], *[1] * (scaled.ndim - 3), direction.shape[1])
-        return (scaled * direction.to(scaled)).sum(-1)
-
-    def logit_bias(self, tokens: ClassIndex, incorrect_tokens: ClassIndex | None = None, model=None) -> Tensor:
-        """The part of the logit no component writes: `b_ln @ W_U[:, c] + b_U[c]` (a difference with `incorrect_tokens`)."""
-        def one(t: ClassIndex) -> Tensor:
-            d = self._class_direction(t, model)
-            b_U = self._w(model, "b_U")
-            idx = self._config().label2id[t] if isinstance(t, str) else t
-            return d @ self._w(model, "ln_final.b") + b_U[torch.as_tensor(idx, dtype=torch.long)]
-
-        return one(tokens) - one(incorrect_tokens) if incorrect_tokens is not None else one(tokens)
-
-    # Direct logit attribution, ready-made ------------------------------------------------------
-    def dla_components(
-        self, tokens: ClassIndex, incorrect_tokens: ClassIndex | None = None, model=None
-    ) -> tuple[Float[Tensor, "component batch"], list[str]]:
-        """DLA of every writer to the [CLS] residual: embed, pos_embed, each attn_out and mlp_out, and `bias`.
-
-        The rows sum to the logit (or logit difference) of each clip exactly: the final LayerNorm
-        scale is frozen at its [CLS] value, and `bias` is `logit_bias`.
-        """
-        stack, labels = self.decompose_resid(pos_slice=0, return_labels=True)
-        attrs = self.logit_attrs(stack, tokens, incorrect_tokens, pos_slice=0, model=model)
-        bias = self.logit_bias(tokens, incorrect_tokens, model=model).to(attrs).expand(attrs.shape[1])
-        return torch.cat([attrs, bias[None]]), labels + ["bias"]
-
-    def dla_heads(
-        self, tokens: ClassIndex, incorrect_tokens: ClassIndex | None = None, model=None
-    ) -> Float[Tensor, "layer head batch"]:
-        """DLA of each attention head's write to the [CLS] residual (b_O excluded): `[layer head batch]`."""
-        cfg = self._config()
-        stack = self.stack_head_results(pos_slice=0, model=model)
-        attrs = self.logit_attrs(stack, tokens, incorrect_tokens, pos_slice=0, model=model)
-        return rearrange(attrs, "(layer head) batch -> layer head batch", head=cfg.n_heads)
-
-    def cls_attention_row(self, layer: int) -> Float[Tensor, "batch head pos"]:
-        """Attention from [CLS] to every token in `layer`: the cached pattern's row 0, or rebuilt from q and k."""
-        pattern_key = f"blocks.{layer}.attn.hook_pattern"
-        if pattern_key in self._cache:
-            return self._cache[pattern_key][:, :, 0]
-        q, k = self[f"blocks.{layer}.attn.hook_q"], self[f"blocks.{layer}.attn.hook_k"]
-        scores = einsum(q[:, 0], k, "batch head d_head, batch pos head d_head -> batch head pos")
-        return torch.softmax(scores * q.shape[-1] ** -0.5, dim=-1)
-
-    def dla_tokens(
-        self, tokens: ClassIndex, incorrect_tokens: ClassIndex | None = None, model=None
-    ) -> Float[Tensor, "layer head batch pos"]:
-        """DLA of each head's write to [CLS], split by the token it reads: `[layer head batch pos]`.
-
-        A head's output at [CLS] is exactly `sum_s pattern[h, 0, s] * v[s, h] @ W_O[h]`; each source
-        token s gets its term's attribution (final LayerNorm scale frozen at [CLS]). Summed over
-        `pos` this is `dla_heads`. Needs `hook_v` and `hook_pattern` (or `hook_q` and `hook_k`) of
-        every layer. `per_frame`/`per_location`/`to_grid` map the `pos` axis onto the video.
-        """
-        cfg = self._config()
-        direction = self._class_direction(tokens, model)
-        if incorrect_tokens is not None:
-            direction = direction - self._class_direction(incorrect_tokens, model)
-        direction = direction * self._w(model, "ln_final.w")
-        direction = direction - direction.mean(-1, keepdim=True)  # <x - mean(x), d> = <x, d - mean(d)>
-        scale = self.ln_scale(None)[:, 0, 0]  # [batch], frozen at [CLS]
-        W_O = self._w(model, "W_O")
-        out = []
-        for l in range(cfg.n_layers):
-            v = self[f"blocks.{l}.attn.hook_v"]
-            row = self.cls_attention_row(l)
-            if direction.ndim == 1:  # read-out of each head's value vectors along the class direction
-                value_dir = einsum(W_O[l].to(v), direction.to(v), "head d_head d_model, d_model -> head d_head")
-                per_src = einsum(v, value_dir, "batch pos head d_head, head d_head -> batch head pos")
-            else:
-                value_dir = einsum(W_O[l].to(v), direction.to(v), "head d_head d_model, batch d_model -> batch head d_head")
-                per_src = einsum(v, value_dir, "batch pos head d_head, batch head d_head -> batch head pos")
-            out.append(rearrange(per_src * row / scale[:, None, None], "batch head pos -> head batch pos"))
-        return torch.stack(out)
 
     # Token grid --------------------------------------------------------------------------------
     def to_grid(self, values: Float[Tensor, "*rest pos"]) -> Float[Tensor, "*rest t h w"]:

@@ -347,6 +347,26 @@ class ViViTConfig:
         """Sequence length: tubelets + the [CLS] token at position 0."""
         return self.n_tubelets + 1
 
+    # The readout (what the classifier reads); `HookedViViT.readout` is `norm(mean over readout_positions)`.
+    @property
+    def readout_positions(self) -> tuple[int, ...]:
+        """Positions of the final residual the classifier reads, averaged: [CLS], `(0,)`."""
+        return (0,)
+
+    @property
+    def readout_norm_name(self) -> str:
+        """The LayerNorm the readout applies to the mean of the residual over `readout_positions`."""
+        return "ln_final"
+
+    @property
+    def readout_norm_eps(self) -> float:
+        return self.layer_norm_eps
+
+    @property
+    def readout_norm_pooled(self) -> bool:
+        """Whether the readout norm sees one vector per clip (its `hook_scale` is `[batch 1]`), not one per position."""
+        return False
+
     # HF JSON ---------------------------------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ViViTConfig:

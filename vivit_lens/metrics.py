@@ -114,10 +114,22 @@ class SignalRecovery(Metric):
         clean_cache,
         corrupt_cache,
         hook: str,
-        positions: int | Sequence[int] = (0,),
+        positions: int | Sequence[int] | str = "readout",
         kind: Literal["projection", "norm"] = "projection",
     ) -> SignalRecovery:
-        """Build from two caches holding `hook` (batch 1 each, or equal batches)."""
+        """Build from two caches holding `hook` (batch 1 each, or equal batches).
+
+        `positions`: token positions, or `"readout"` (default): the positions the model's readout reads
+        (`cfg.readout_positions`: [CLS] on ViViT, every token for a mean-pooled VideoMAE), from the caches' config.
+        """
+        if isinstance(positions, str):
+            cfg = getattr(clean_cache, "cfg", None)
+            if positions != "readout":
+                raise ValueError(f"positions must be token indices or 'readout', got {positions!r}")
+            if cfg is None:
+                raise ValueError(f"positions='readout' needs caches that know their model's config (from "
+                                 f"model.run_with_cache), got a {type(clean_cache).__name__}; pass token indices")  # fmt: skip
+            positions = cfg.readout_positions
         pos = index_tuple(positions)
         sel = list(pos)
         return cls(hook, pos, clean_cache[hook][:, sel], corrupt_cache[hook][:, sel], kind)

@@ -89,8 +89,9 @@ class HookedViViT(HookedRootModule):
 
     @property
     def readout_positions(self) -> tuple[int, ...]:
-        """Positions of the final residual the readout reads: [CLS]."""
-        return (0,)
+        """Positions of the final residual the readout reads (and averages): [CLS]. From the config, so that a
+        cache without its model knows them too."""
+        return self.cfg.readout_positions
 
     @property
     def readout_hook_name(self) -> str:
@@ -99,8 +100,12 @@ class HookedViViT(HookedRootModule):
 
     @property
     def readout_norm_name(self) -> str:
-        """The LayerNorm the readout applies."""
-        return "ln_final"
+        """The LayerNorm the readout applies (to the mean of the residual over `readout_positions`)."""
+        return self.cfg.readout_norm_name
+
+    @property
+    def readout_norm(self) -> LayerNorm:
+        return self.get_submodule(self.readout_norm_name)
 
     # Forward -------------------------------------------------------------------------------------
     def forward(

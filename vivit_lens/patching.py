@@ -16,7 +16,7 @@ or TransformerLens-style callables on the patched logits of the whole batch `[B,
 returning a scalar, called once per patched run.
 `fast=True` (default) adds two exact shortcuts: a patch of head outputs (`hook_z`) resumes after
 that layer's attention (only the o_proj is recomputed), and when the metric reads only a few
-positions of the final residual (logits: [CLS]), the last block is computed for those positions.
+positions of the final residual (logits: the readout's, [CLS] on ViViT), the last block is computed for those.
 Same numbers up to float32 rounding (logits agree to ~1e-6; a percentage of a small clean-corrupt
 difference, to ~1e-4 of its value, as between any two float32 implementations). Inputs: pixel
 tensors of B clips, with a source cache of B clips (TransformerLens' batched convention); B = 1
@@ -166,12 +166,12 @@ class Patch:
 def frame_groups(model, include_cls: bool = False) -> dict[str, Tensor]:
     """Position groups, one per tubelet time: `{"t3": positions}` (the tokens of input frames `3*tt ...`).
 
-    For `positions=` of the sweeps; `include_cls` adds `{"cls": [0]}` first. Positions come from
-    the token grid (`model.grid`).
+    For `positions=` of the sweeps; `include_cls` adds `{"cls": [0]}` first (a model without [CLS]: a
+    ValueError). Positions come from the token grid (`model.grid`).
     """
     grid = model.grid
     tt = grid.tubelet[0]
-    groups = {"cls": torch.tensor([0])} if include_cls else {}
+    groups = {"cls": torch.tensor([_cls_position(model)])} if include_cls else {}
     for t in range(grid.shape[0]):
         groups[f"t{t}"] = grid.positions(frames=range(t * tt, (t + 1) * tt))
     return groups
@@ -438,6 +438,15 @@ def _last_block_at(model, resid_pre: Tensor, positions: tuple[int, ...], logits:
 _HEAD_ACTS = {"q", "k", "v", "z", "result", "pattern", "attn_scores", "q_input", "k_input", "v_input"}
 
 
+def _cls_position(model) -> int:
+    """The [CLS] token's position; a ValueError naming what there is instead for a model without one."""
+    cls = model.grid.cls
+    if cls is None:
+        raise ValueError(f"{type(model).__name__} has no [CLS] token; use 'readout' (the positions its classifier "
+                         f"reads, {_short(model.readout_positions)}) or token positions from model.grid")  # fmt: skip
+    return cls
+
+
 def _position_groups(positions: PositionSpec, model) -> tuple[str | None, list, list]:
     """(axis name or None, labels, groups) for a position spec."""
     n_pos = model.cfg.n_pos
@@ -447,11 +456,14 @@ def _position_groups(positions: PositionSpec, model) -> tuple[str | None, list, 
         if positions in ("each", "pos"):
             return "pos", list(range(n_pos)), [(p,) for p in range(n_pos)]
         if positions == "cls":
-            return None, ["cls"], [(0,)]
+            return None, ["cls"], [(_cls_position(model),)]
+        if positions == "readout":
+            return None, ["readout"], [tuple(model.readout_positions)]
         if positions == "frames":
             g = frame_groups(model)
             return "frame", list(g), [index_tuple(v) for v in g.values()]
-        raise ValueError(f"positions must be 'all', 'each', 'cls', 'frames', groups or indices; got {positions!r}")
+        raise ValueError(f"positions must be 'all', 'each', 'cls', 'readout', 'frames', groups or indices; "
+                         f"got {positions!r}")  # fmt: skip
     if positions is None:
         return "pos", list(range(n_pos)), [(p,) for p in range(n_pos)]
     if isinstance(positions, Mapping):
@@ -545,7 +557,8 @@ def patch_sweep(
     `act`: a short name (`resid_pre`, `resid_mid`, `attn_out`, `mlp_out`, `z` (head output), `q`,
     `k`, `v`, `pattern`, `result`, `post` (MLP neurons), `embed` ...). `heads`: None (the whole
     activation), `"each"` (axis `head`), an int or list of ints (one group), or a list of groups
-    (axis `heads`). `positions`: `"all"` (default), `"each"`/None (axis `pos`), `"cls"`, `"frames"`
+    (axis `heads`). `positions`: `"all"` (default), `"each"`/None (axis `pos`), `"cls"` ([CLS] only; a
+    model without one: a ValueError), `"readout"` (the positions the classifier reads), `"frames"`
     (axis `frame`, one group per tubelet time), an int, a list/tensor of positions (one group), a
     list of groups or a `{name: positions}` dict (axis `group`); for `pattern` they are query
     positions. Axes come in the order layer, position, head.
@@ -583,7 +596,7 @@ _TL_DOC = """TransformerLens `{name}`: run `corrupted_tokens`, patch in `clean_c
     called on the patched `[B, n_classes]` logits and returns a scalar (or is a `Metric`, averaged
     over the batch). Returns a plain tensor `[{shape}]` as TransformerLens does
     (`return_result=True`: the PatchResult with axis labels). `positions` (by-position variants):
-    None = every position (TransformerLens), or `"all"`, `"cls"`, `"frames"`, groups, a dict (see
+    None = every position (TransformerLens), or `"all"`, `"cls"`, `"readout"`, `"frames"`, groups, a dict (see
     `patch_sweep`). For noising, call with the clean input and the corrupt cache. `batch_size`,
     `progress`, `fast`: see `run_patches`.
 """

@@ -2,8 +2,8 @@
 
 A *sender* (attention head, MLP or the embeddings, optionally at some token positions) writes into
 the residual stream; a *receiver* reads it: the query/key/value input of a later head
-(`hook_q_input` ...), the input of a later MLP (`hook_mlp_in`), or the final residual at [CLS]
-that ln_final and the classifier read. Path patching gives the senders their *source* values and
+(`hook_q_input` ...), the input of a later MLP (`hook_mlp_in`), or the final residual at the positions
+the readout reads (`model.readout_positions`: [CLS] on ViViT, every token for a mean-pooled VideoMAE). Path patching gives the senders their *source* values and
 lets that change reach the receivers only along the direct residual path: every other component
 is frozen at its value in the *reference* run. The receivers are then set to those values and
 everything downstream of them is recomputed (Wang et al. 2022; Goldowsky-Dill et al. 2023).
@@ -54,6 +54,26 @@ Direction = str  # "denoising" or "noising"
 Positions = Union[int, Sequence[int], None]
 
 
+class ReadoutPositions(tuple):
+    """The positions the model's readout reads, whatever the model (`cfg.readout_positions`, resolved by the
+    patchers with `node_positions`). As a tuple it is ViViT's, `(0,)` ([CLS]); it equals only itself."""
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ReadoutPositions)
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash("ReadoutPositions")
+
+    def __repr__(self) -> str:
+        return "READOUT"
+
+
+READOUT = ReadoutPositions((0,))  # FinalResid's default positions
+
+
 # Nodes -------------------------------------------------------------------------------------------
 def _pos_suffix(p: tuple[int, ...] | None) -> str:
     return "" if p is None else "@" + ",".join(map(str, p))
@@ -63,7 +83,16 @@ class _AtPositions:
     """Nodes restricted to token positions: `positions` held as a tuple of ints (None: all)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "positions", index_tuple(self.positions))
+        if isinstance(self.positions, str) and self.positions == "readout":
+            object.__setattr__(self, "positions", READOUT)
+        elif not isinstance(self.positions, ReadoutPositions):
+            object.__setattr__(self, "positions", index_tuple(self.positions))
+
+
+def node_positions(node, cfg) -> tuple[int, ...] | None:
+    """A node's token positions on a model of config `cfg` (None: all): `READOUT` is `cfg.readout_positions`."""
+    positions = node.positions
+    return tuple(cfg.readout_positions) if isinstance(positions, ReadoutPositions) else positions
 
 
 @dataclass(frozen=True)
@@ -135,13 +164,17 @@ class MLPInput(_AtPositions):
 
 @dataclass(frozen=True)
 class FinalResid(_AtPositions):
-    """Receiver: the residual after the last block (what ln_final and the classifier read), at [CLS] by default."""
+    """Receiver: the residual after the last block, at the positions the readout reads by default (`READOUT`,
+    or `"readout"`: the model's `readout_positions`, [CLS] on ViViT; the readout's norm and the classifier follow).
 
-    positions: Positions = (0,)
+    Its name keeps ViViT's `Final[CLS]` for the readout on every architecture."""
+
+    positions: Positions | str = READOUT
 
     @property
     def name(self) -> str:
-        return "Final" + ("[CLS]" if self.positions == (0,) else _pos_suffix(self.positions))
+        readout = isinstance(self.positions, ReadoutPositions) or self.positions == (0,)
+        return "Final" + ("[CLS]" if readout else _pos_suffix(self.positions))
 
 
 Sender = Union[Head, MLP, Embed]
@@ -198,7 +231,8 @@ def check_nodes(cfg, nodes: Sequence, role: str) -> None:
         head = getattr(node, "head", 0)
         if not 0 <= head < cfg.n_heads:
             raise ValueError(f"{role} {node!r}: head must be in [0, {cfg.n_heads}), got {head}")
-        if node.positions is not None and (not node.positions or not all(0 <= p < cfg.n_pos for p in node.positions)):
+        positions = node_positions(node, cfg)
+        if positions is not None and (not positions or not all(0 <= p < cfg.n_pos for p in positions)):
             raise ValueError(f"{role} {node!r}: positions must be a non-empty list in [0, {cfg.n_pos})")
 
 
@@ -493,7 +527,8 @@ class PathPatcher:
 
     def _value(self, S: tuple, r: Receiver, captured) -> Tensor:
         """The receiver's input at its positions: reference + sender deltas (frozen), or the pass-2 value."""
-        idx = _index(r.positions)
+        positions = node_positions(r, self.cfg)
+        idx = _index(positions)
         hook = source_hook(r, self.cfg.n_layers)
         if not any(reaches(s, r) for s in S):
             return self.ref[hook][:, idx]
@@ -502,7 +537,7 @@ class PathPatcher:
         value = self.ref[hook][:, idx].clone()
         for s in S:
             if reaches(s, r):
-                value += write_delta(self.model, self.src, self.ref, s, r.positions)
+                value += write_delta(self.model, self.src, self.ref, s, positions)
         return value
 
     def _run_chunk(self, start: int, values: list[dict]) -> Float[Tensor, "row batch"]:
@@ -513,7 +548,7 @@ class PathPatcher:
         entries: dict[str, list] = defaultdict(list)
         for i, vals in enumerate(values):
             for r, v in vals.items():
-                entries[receiver_hook(r, L)].append((i, getattr(r, "head", None), _index(r.positions), v))
+                entries[receiver_hook(r, L)].append((i, getattr(r, "head", None), _index(node_positions(r, self.cfg)), v))
         if start == L:  # only the final residual is a receiver: set it here, nothing else is recomputed
             _set_rows(resid, entries.pop(source_hook(FinalResid(), L)), B)
         hooks = [(name, _setter(es, B)) for name, es in entries.items()]
@@ -623,6 +658,6 @@ def path_patch_receivers(model, clean, corrupt, sender: Sender, metric: Metric |
 
 
 __all__ = [
-    "Embed", "FinalResid", "Head", "HeadInput", "MLP", "MLPInput", "PathPatcher", "PathScores", "all_receivers",
+    "READOUT", "ReadoutPositions", "Embed", "FinalResid", "Head", "HeadInput", "MLP", "MLPInput", "PathPatcher", "PathScores", "all_receivers",
     "all_senders", "path_patch", "path_patch_receivers", "path_patch_senders", "reaches",
 ]  # fmt: skip

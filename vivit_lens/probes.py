@@ -1,6 +1,6 @@
 """Linear probes per layer, with a held-out split and a shuffled-label control.
 
-    acts = collect_activations(model, clips, pool="cls")          # [layer n d_model], one row per clip
+    acts = collect_activations(model, clips, pool="readout")      # [layer n d_model], one row per clip
     res = train_probes(acts, labels, groups=video_ids)            # held-out split over whole videos
     res.to_records()                                               # train / test / control accuracy per layer
 
@@ -328,8 +328,27 @@ class _BatchActivations:
             kwargs = {"stop_at_layer": stop} if stop < model.cfg.n_layers and not self.return_top1 else {}
             logits, cache = model.run_with_cache(x, names_filter=list(self.names), **kwargs)
         acts = torch.stack([cache[n] for n in self.names])  # [layer batch pos d_model]
-        pooled = acts[:, :, 0] if self.pool == "cls" else acts[:, :, 1:].mean(2)
-        return pooled, (logits.argmax(-1) if self.return_top1 else None)
+        return _pool(acts, self.pool, model), (logits.argmax(-1) if self.return_top1 else None)
+
+
+POOLS = ("cls", "mean", "readout")
+
+
+def _pool(acts: Float[Tensor, "layer batch pos d_model"], pool: str, model) -> Float[Tensor, "layer batch d_model"]:
+    """One vector per clip: the [CLS] token, the mean over the tubelet tokens, or the mean over the readout positions."""
+    if pool == "cls":
+        return acts[:, :, _cls_of(model)]
+    if pool == "mean":
+        return acts[:, :, model.grid.first:].mean(2)
+    return acts[:, :, list(model.readout_positions)].mean(2)
+
+
+def _cls_of(model) -> int:
+    cls = model.grid.cls
+    if cls is None:
+        raise ValueError(f"pool='cls': {type(model).__name__} has no [CLS] token; use pool='readout' (the positions "
+                         "its classifier reads, averaged) or pool='mean' (the mean over its tokens)")  # fmt: skip
+    return cls
 
 
 def _load_clips(model, paths: list) -> Tensor:
@@ -368,7 +387,7 @@ def collect_activations(
     *,
     layers: Sequence[int] | None = None,
     act: str = "resid_post",
-    pool: str = "cls",
+    pool: str = "readout",
     batch_size: int = 4,
     progress: bool = True,
     return_top1: bool = False,
@@ -380,14 +399,18 @@ def collect_activations(
     batches or of single clips `[frames channels height width]`, or of video file paths (loaded and
     preprocessed with the model's processor, `batch_size` at a time, where the batch runs). `act`:
     `resid_post` (default: layer l's output), `resid_pre`, `resid_mid`, `attn_out`, `mlp_out`. `pool`:
-    `"cls"` (token 0) or `"mean"` (mean over the tubelet tokens, [CLS] excluded). The forward stops after the
+    `"cls"` (the [CLS] token; a model without one: a ValueError), `"mean"` (mean over the tubelet tokens, [CLS]
+    excluded) or `"readout"` (mean over the positions the classifier reads, `model.readout_positions`, before its
+    norm: [CLS] on ViViT, every token for a mean-pooled VideoMAE). The forward stops after the
     last layer needed, unless `return_top1`: then it runs to the logits and also returns every clip's top-1
     class `[n]`. `runner`: a `vivit_lens.distributed` runner (e.g. `RayRunner(model, workers=4)`) to spread the
     batches over model replicas; the result is the same, in the clips' order. Activations stay on the model's
     device (the workers' results come back on the CPU).
     """
-    if pool not in ("cls", "mean"):
-        raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be 'cls', 'mean' or 'readout', got {pool!r}")
+    if pool == "cls":
+        _cls_of(model)  # before any compute
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(l) for l in layers]
     job = _BatchActivations(tuple(get_act_name(act, l) for l in layers), pool, return_top1)
     batches = _batches(clips, batch_size)

@@ -22,10 +22,8 @@ from vivit_lens.components import Embed, LayerNorm, Resid, TransformerBlock
 from vivit_lens.config import ProcessorConfig
 from vivit_lens.hooks import HookedRootModule, HookPoint
 from vivit_lens.model import HookedViViT, Unembed
-from vivit_lens.videomae_config import VideoMAEConfig, videomae_processor, videomae_processor_from_json
+from vivit_lens.videomae_config import FC_NORM_EPS, VideoMAEConfig, videomae_processor, videomae_processor_from_json
 
-# LayerNorm eps of transformers' fc_norm: nn.LayerNorm's default, not the config's layer_norm_eps.
-FC_NORM_EPS = 1e-5
 
 
 def sinusoid_table(n_pos: int, d_model: int) -> Float[Tensor, "pos d_model"]:
@@ -90,16 +88,8 @@ class HookedVideoMAE(HookedViViT):
         return self.hook_pooled(self.ln_final(resid)[:, 0])
 
     @property
-    def readout_positions(self) -> tuple[int, ...]:
-        return tuple(range(self.cfg.n_pos)) if self.cfg.use_mean_pooling else (0,)
-
-    @property
     def readout_hook_name(self) -> str:
         return "hook_pooled"
-
-    @property
-    def readout_norm_name(self) -> str:
-        return "fc_norm" if self.cfg.use_mean_pooling else "ln_final"
 
     # Loading and saving --------------------------------------------------------------------------
     # from_pretrained is HookedViViT's (device and dtype checked first, the crop checked against the model);

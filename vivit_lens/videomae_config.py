@@ -63,6 +63,10 @@ def videomae_processor_to_hf_dict(processor: ProcessorConfig) -> dict[str, Any]:
     return {**d, "image_processor_type": "VideoMAEImageProcessor"}
 
 
+# LayerNorm eps of transformers' fc_norm: nn.LayerNorm's default, not the config's layer_norm_eps.
+FC_NORM_EPS = 1e-5
+
+
 @dataclass(frozen=True)
 class VideoMAEConfig(ViViTConfig):
     """Architecture of a VideoMAE video classifier (transformers' `VideoMAEConfig`, classification fields).
@@ -103,6 +107,23 @@ class VideoMAEConfig(ViViTConfig):
     def n_pos(self) -> int:
         """Sequence length: the tubelets (VideoMAE has no [CLS])."""
         return self.n_tubelets
+
+    @property
+    def readout_positions(self) -> tuple[int, ...]:
+        """Every token with `use_mean_pooling` (their mean), else the first token."""
+        return tuple(range(self.n_pos)) if self.use_mean_pooling else (0,)
+
+    @property
+    def readout_norm_name(self) -> str:
+        return "fc_norm" if self.use_mean_pooling else "ln_final"
+
+    @property
+    def readout_norm_eps(self) -> float:
+        return FC_NORM_EPS if self.use_mean_pooling else self.layer_norm_eps
+
+    @property
+    def readout_norm_pooled(self) -> bool:
+        return self.use_mean_pooling
 
     @property
     def n_parameters(self) -> int:
