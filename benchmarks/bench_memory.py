@@ -78,8 +78,12 @@ def tl_reference(model, clean, corrupt) -> torch.Tensor:
 
 
 def _load_previous(rev: str):
-    src = subprocess.run(["git", "show", f"{rev}:vivit_lens/attribution.py"], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    for where in ("vivit_lens/interp/attribution.py", "vivit_lens/attribution.py"):  # after / before the subpackages
+        got = subprocess.run(["git", "show", f"{rev}:{where}"], capture_output=True, text=True)
+        if got.returncode == 0:
+            break
+    got.check_returncode()
+    src = got.stdout
     path = Path(tempfile.mkdtemp()) / "attribution_previous.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("attribution_previous", path)

@@ -14,13 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from vivit_lens.atomic import OutputError, OutputFolder
-from vivit_lens.convert import CheckpointError
+from vivit_lens.io.atomic import OutputError, OutputFolder
+from vivit_lens.models.convert import CheckpointError
 
 
 def convert(src: str, out: str | Path, to: str, *, overwrite: bool = False) -> Path:
     """Load `src` (any layout vivit_lens reads) and write it to `out` in layout `to` ('lens' or 'hf')."""
-    from vivit_lens.auto import from_pretrained, save_folder
+    from vivit_lens.models.auto import from_pretrained, save_folder
 
     if to not in ("lens", "hf"):
         raise ValueError(f"to must be 'lens' or 'hf', got {to!r}")
