@@ -173,6 +173,44 @@ def test_classes_are_separable_by_motion_but_not_by_colour():
     assert colour < 2 * chance, f"mean colour alone should not give the class away: {colour:.2f}"
 
 
+@pytest.mark.parametrize("event_setting", [0.5, 1.0])
+def test_event_setting_moves_event_scenes_only_and_keeps_the_pair_property(event_setting):
+    """`event_setting` redraws the event scenes (skittles on a lane, marbles on a green, half at 1x) and leaves
+    every action scene byte-identical; the event pairs stay minimal pairs."""
+    for action in synthetic.ACTIONS:
+        for seed in range(4):
+            base = synthetic.render_pair(action, seed)
+            moved = synthetic.render_pair(action, seed, event_setting=event_setting)
+            same = all(a.tobytes() == b.tobytes() for a, b in zip(base[:2], moved[:2]))
+            assert same == (action not in synthetic.EVENT_SCENES), (action, seed)
+            if action in synthetic.EVENT_SCENES:
+                clean, corrupt, spec = moved
+                d, (top, left, bottom, right) = spec.decisive_frame, spec.box
+                assert clean[:d].tobytes() == corrupt[:d].tobytes() and (clean != corrupt)[d:].any(axis=(1, 2, 3)).all()
+                changed = (clean != corrupt).any(-1)
+                assert changed[:, top:bottom, left:right].sum() == changed.sum()
+    x0, y0 = synthetic.dataset(20, seed=4)
+    x1, y1 = synthetic.dataset(20, seed=4, event_setting=event_setting)
+    events = np.isin(y0, [label for label, _, outcome in synthetic.classes() if outcome])
+    assert np.array_equal(y0, y1) and np.array_equal(x0[~events], x1[~events]) and not np.array_equal(x0, x1)
+
+
+def test_event_setting_puts_skittles_on_a_bowling_lane():
+    """With event_setting 1 every skittles scene is laid out as bowling's (gutters, lane, pit, foul line: 4 shapes);
+    with 0, on a bare floor (floor and skirting board: 2)."""
+    t = synthetic._Time(16, 64, 64, 5, np.arange(16) / 15, 4 / 15)
+    for seed in range(20):
+        assert len(synthetic._SCENES["skittles"](np.random.default_rng(seed), t, 1.0).layout) == 4
+        assert len(synthetic._SCENES["skittles"](np.random.default_rng(seed), t, 0.0).layout) == 2
+        assert len(synthetic._SCENES["bowling"](np.random.default_rng(seed), t).layout) == 4
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_bad_event_setting_is_refused(bad):
+    with pytest.raises(ValueError, match="event_setting"):
+        synthetic.render("marble", 0, event_setting=bad)
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(action="curling", seed=0), dict(action="bowling", seed=0, outcome="holed"),
     dict(action="bowling", seed=-1), dict(action="bowling", seed=0, frames=3),

@@ -76,6 +76,49 @@ def test_cli_writes_an_hf_folder_with_the_same_logits(tmp_path):
         assert max_diff(ours(x), hf(pixel_values=x).logits) < 1e-5
 
 
+def test_videomae_cli_writes_a_folder_transformers_loads_to_the_same_logits(tmp_path):
+    """`--arch videomae`: no [CLS], fixed sinusoidal positions, mean pooling, ImageNet normalisation; the folder
+    loads in transformers' VideoMAEForVideoClassification and gives our logits, and the monitor probes its readout."""
+    from transformers import VideoMAEForVideoClassification, VideoMAEImageProcessor
+
+    from vivit_lens import HookedVideoMAE
+
+    out = tmp_path / "mae"
+    assert main(["--out", str(out), "--arch", "videomae", "--steps", "3", "--n-train", "40", "--n-eval", "6",
+                 "--frames", "8", "--size", "32", "--tubelet", "2", "16", "16", "--hidden", "32", "--layers", "2",
+                 "--heads", "2", "--batch-size", "8", "--probe-pairs", "5", "--eval-every", "0", "--event-steps", "1",
+                 "--change-weight", "1", "--no-progress"]) == 0  # fmt: skip
+    ours = HookedVideoMAE.from_pretrained(out)
+    assert ours.cfg.use_mean_pooling and not hasattr(ours.embed, "cls_token")
+    hf = VideoMAEForVideoClassification.from_pretrained(out).eval()
+    frames = synthetic.dataset(2, seed=9, frames=8, size=32)[0]
+    hf_pixels = VideoMAEImageProcessor.from_pretrained(out)(list(frames), return_tensors="pt").pixel_values
+    x = to_pixels(frames, ours.processor)
+    assert max_diff(x, hf_pixels) < 1e-5  # ImageNet statistics, as the published VideoMAE checkpoints
+    with torch.no_grad():
+        assert max_diff(ours(x), hf(pixel_values=x).logits) < 1e-5
+    record = json.loads((out / "training.json").read_text())
+    assert record["train_config"]["arch"] == "videomae" and record["self_supervised_loss"].startswith("change_weight")
+    assert all(len(v) == 2 for v in record["history"][-1]["outcome_probe_by_layer"].values())
+
+
+def test_change_map_is_each_cells_colour_change_from_start_to_end():
+    """`change_map` against a numpy loop: |mean of the last two frames - mean of the first two| per cell, summed
+    over channels."""
+    from vivit_lens.train import change_map
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 3, 16, 24)).astype(np.float32)
+    want = np.zeros((2, 2, 3))
+    for b in range(2):
+        for r in range(2):
+            for c in range(3):
+                cell = x[b, :, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8].mean((2, 3))  # [frames, channels]
+                want[b, r, c] = np.abs(cell[-2:].mean(0) - cell[:2].mean(0)).sum()
+    got = change_map(torch.from_numpy(x), cell=8)
+    assert got.shape == (2, 6) and np.allclose(got.numpy(), want.reshape(2, 6), atol=1e-5)
+
+
 def test_the_loss_sees_only_the_labels_dataset_gives(monkeypatch):
     """No outcome reaches the loss: every target `train` feeds to cross-entropy is a label `synthetic.dataset`
     returned, and for bowling / golf_putt clips that label is the action whatever the outcome."""
@@ -83,8 +126,9 @@ def test_the_loss_sees_only_the_labels_dataset_gives(monkeypatch):
 
     made, real_dataset = {}, synthetic.dataset
 
-    def dataset(n, seed, frames, size):
-        made["x"], made["y"], made["specs"] = real_dataset(n, seed=seed, frames=frames, size=size, with_specs=True)
+    def dataset(n, seed, frames, size, event_setting):
+        made["x"], made["y"], made["specs"] = real_dataset(n, seed=seed, frames=frames, size=size, with_specs=True,
+                                                           event_setting=event_setting)
         return made["x"], made["y"]
 
     seen = []
@@ -107,6 +151,12 @@ def test_the_loss_sees_only_the_labels_dataset_gives(monkeypatch):
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="attention"):
         TrainConfig(attention="fast")
+    with pytest.raises(ValueError, match="arch"):
+        TrainConfig(arch="timesformer")
+    with pytest.raises(ValueError, match="change_cell"):
+        TrainConfig(change_weight=1.0, change_cell=7)
+    with pytest.raises(ValueError, match="event_setting"):
+        TrainConfig(event_setting=2.0)
     with pytest.raises(ValueError, match="smaller than one batch"):
         train(TrainConfig(steps=1, **{**TINY, "batch_size": 64}), data=synthetic.dataset(6, seed=0, frames=8, size=32))
 

@@ -55,9 +55,26 @@ MIN_FRAMES, MIN_SIZE = 4, 32
 # The event scenes show their pins and balls at 1x to EVENT_ZOOM[1]x the size bowling and golf_putt use: large
 # ones make the outcome easy to find early in training, the 1x ones make the detector work at bowling's size.
 EVENT_ZOOM = (1.0, 2.0)
+# `event_setting` (render / dataset): the share of event clips set where the actions are (skittles on a bowling
+# lane, a marble on a striped green, with no club), so that what detects the event there is what sees it in a
+# bowling or golf clip; with event_setting > 0, half of all event clips are also drawn at exactly the actions'
+# size, and a marble rolls slowly enough to be still on its way down halfway through the time left. 0 (the
+# default) is the world of bare floors and tables at 1-2x, byte for byte, the one the shipped model was trained
+# on. Measured (benchmarks/RESULTS.md): a third training stage at 0.5 raised the bowling probe but made strikes
+# look like toppled skittles to the classifier, so the outcome reached the top-1 class; the option stays off.
 # Where in the clip (fraction of its length) the outcome is decided: early enough that the outcome stays on screen
 # for most of the clip (with the outcome decided at 40-60%, a small ViViT did not learn to see it in our budget).
 DECISIVE = (0.25, 0.4)
+
+
+def _event_zoom(rng: np.random.Generator, event_setting: float) -> float:
+    if event_setting and rng.uniform() < 0.5:
+        return 1.0
+    return float(rng.uniform(*EVENT_ZOOM))
+
+
+def _in_setting(rng: np.random.Generator, event_setting: float) -> bool:
+    return bool(event_setting) and rng.uniform() < event_setting
 
 
 def label_of(action: str, outcome: str) -> int:
@@ -253,11 +270,12 @@ def _ease(z: np.ndarray, end_speed: float) -> np.ndarray:
     return z * ((2 - end_speed) - (1 - end_speed) * z)
 
 
-def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True) -> _Scene:
-    """Bowling (`lane`), or skittles: the same pins on a bare floor and a sliding block instead of a ball,
-    which knocks them over exactly as a strike does, or veers off and slides past as a gutter ball does."""
+def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True, event_setting: float = 0.0) -> _Scene:
+    """Bowling (`lane`), or skittles: the same pins on a bare floor (or a lane) and a sliding block instead of a
+    ball, which knocks them over exactly as a strike does, or veers off and slides past as a gutter ball does."""
     h, w, s, n = t.h, t.w, t.s, t.n
-    zoom = 1.0 if lane else rng.uniform(*EVENT_ZOOM)
+    zoom = 1.0 if lane else _event_zoom(rng, event_setting)
+    on_lane = lane or _in_setting(rng, event_setting)
     bg = _color(rng)
     lane_c, pit_c = _contrast(rng, bg, 0.2), _contrast(rng, bg, 0.3)
     gut_c, pin_c = _contrast(rng, lane_c, 0.2), _contrast(rng, lane_c, 0.45)
@@ -277,7 +295,7 @@ def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True) -> _Scene:
     spin = rng.uniform(-0.7, 0.7, len(pins))
     fly, fade = rng.uniform(0.2, 0.5, len(pins)), rng.uniform(0.12, 0.25)
 
-    if lane:
+    if on_lane:
         layout = [_spr("rect", gut_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw + 2 * gut_hw),
                   _spr("rect", lane_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw),
                   _spr("rect", pit_c, top / 2, cx, top / 2, lane_hw + 2 * gut_hw),
@@ -322,11 +340,12 @@ def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True) -> _Scene:
     return _Scene(bg, layout, build)
 
 
-def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True) -> _Scene:
-    """A putt on a striped green (`club`), or a marble: the same ball and hole on a bare framed table,
-    the ball rolling off by itself, with no club, into the hole or just past it."""
+def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True, event_setting: float = 0.0) -> _Scene:
+    """A putt on a striped green (`club`), or a marble: the same ball and hole on a bare framed table (or a
+    green), the ball rolling off by itself, with no club, into the hole or just past it."""
     h, w, s, n = t.h, t.w, t.s, t.n
-    zoom = 1.0 if club else rng.uniform(*EVENT_ZOOM)
+    zoom = 1.0 if club else _event_zoom(rng, event_setting)
+    on_green = club or _in_setting(rng, event_setting)
     green = _color(rng)
     hole_c, club_c = _contrast(rng, green, 0.35), _contrast(rng, green, 0.3)
     rim_c, ball_c = _contrast(rng, hole_c, 0.25), _distinct(rng, [green, hole_c], 0.45)
@@ -355,7 +374,7 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True) -> _Scene:
     edge = max(1.0, s * 0.03)  # the marble table's frame
     frame = [_spr("rect", club_c, e_y, w / 2, edge, w / 2 + 1) for e_y in (0, h)] + [
         _spr("rect", club_c, h / 2, e_x, h / 2 + 1, edge) for e_x in (0, w)]
-    layout = stripes + hole if club else frame + hole
+    layout = stripes + hole if on_green else frame + hole
 
     e = np.array([yh - y0, xh - x0])
     length = float(np.hypot(*e))
@@ -363,6 +382,8 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True) -> _Scene:
     l_b = length - near
     v_b = 0.9 * l_b / (t.ub - u_hit)  # the speed the ball arrives with at the branch
     v_b = max(v_b, 1.4 * near / (1 - t.ub))  # after it: fast enough that a holed ball is gone well before the end
+    if not club and event_setting:  # and a marble slow enough to be still on its way down at half the time left
+        v_b = min(v_b, 2 * near / (1 - t.ub))
     pre = l_b * _ease(np.clip((t.u - u_hit) / (t.ub - u_hit), 0, None), 0.9)
     wp = t.wpost
     c, sn = math.cos(side * turn), math.sin(side * turn)
@@ -553,14 +574,18 @@ def _rolling(rng: np.random.Generator, t: _Time) -> _Scene:
 
 _SCENES = {"bowling": _bowling, "golf_putt": _golf_putt, "juggling": _juggling,
            "swinging": _swinging, "sliding": _sliding, "rolling": _rolling,
-           "skittles": lambda rng, t: _bowling(rng, t, lane=False),
-           "marble": lambda rng, t: _golf_putt(rng, t, club=False)}
+           "skittles": lambda rng, t, event_setting=0.0: _bowling(rng, t, lane=False, event_setting=event_setting),
+           "marble": lambda rng, t, event_setting=0.0: _golf_putt(rng, t, club=False, event_setting=event_setting)}
 assert tuple(_SCENES) == ACTIONS
 
 
 # ---------------------------------------------------------------------------------------------
 # Rendering.
-def _check(action: str, seed: int, frames: int, size: int | tuple[int, int]) -> tuple[int, int]:
+def _check(action: str, seed: int, frames: int, size: int | tuple[int, int],
+           event_setting: float = 0.0) -> tuple[int, int]:
+    if not isinstance(event_setting, (int, float, np.floating)) or isinstance(event_setting, bool) or \
+            not 0 <= event_setting <= 1:
+        raise ValueError(f"event_setting must be a number in [0, 1], got {event_setting!r}")
     if action not in OUTCOMES:
         raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -574,9 +599,9 @@ def _check(action: str, seed: int, frames: int, size: int | tuple[int, int]) -> 
 
 
 def _render(action: str, seed: int, outcomes: Sequence[str], frames: int,
-            size: int | tuple[int, int]) -> tuple[list[Clip], dict]:
+            size: int | tuple[int, int], event_setting: float = 0.0) -> tuple[list[Clip], dict]:
     """Render several outcomes of one seed; everything random is drawn before the outcome matters."""
-    h, w = _check(action, seed, frames, size)
+    h, w = _check(action, seed, frames, size, event_setting)
     for o in outcomes:
         if o not in OUTCOMES[action]:
             raise ValueError(f"unknown outcome {o!r} for {action!r}; expected one of {OUTCOMES[action]}")
@@ -584,7 +609,7 @@ def _render(action: str, seed: int, outcomes: Sequence[str], frames: int,
     d = int(np.clip(round(rng.uniform(*DECISIVE) * (frames - 1)), 2, frames - 2))
     u = np.arange(frames) / (frames - 1)
     tl = _Time(frames, h, w, d, u, (d - 1) / (frames - 1))
-    scene = _SCENES[action](rng, tl)
+    scene = _SCENES[action](rng, tl, event_setting) if action in EVENT_SCENES else _SCENES[action](rng, tl)
 
     pad = max(1, round(min(h, w) / 64))  # camera jitter of up to `pad` pixels per frame
     shift = np.clip(np.round(rng.normal(0, rng.uniform(0, 0.7) * pad, (frames, 2))), -pad, pad).astype(int)
@@ -632,20 +657,21 @@ def _outcome_box(a: list[_Sprite], b: list[_Sprite], d: int, h: int, w: int, pad
 
 
 def render(action: str, seed: int, outcome: str | None = None, frames: int = 16,
-           size: int | tuple[int, int] = 64) -> tuple[Clip, ClipSpec]:
-    """One clip, uint8 [frames, height, width, 3], and its spec. `outcome=None`: drawn from the seed."""
-    _check(action, seed, frames, size)
+           size: int | tuple[int, int] = 64, event_setting: float = 0.0) -> tuple[Clip, ClipSpec]:
+    """One clip, uint8 [frames, height, width, 3], and its spec. `outcome=None`: drawn from the seed.
+    `event_setting`: see EVENT_ZOOM (event scenes only; the action scenes do not depend on it)."""
+    _check(action, seed, frames, size, event_setting)
     if outcome is None:
         outcome = OUTCOMES[action][int(np.random.default_rng([int(seed), ACTIONS.index(action), 1]).integers(2))]
-    (clip,), info = _render(action, seed, [outcome], frames, size)
+    (clip,), info = _render(action, seed, [outcome], frames, size, event_setting)
     return clip, ClipSpec(outcome=outcome, label=label_of(action, outcome), **info)
 
 
-def render_pair(action: str, seed: int, frames: int = 16,
-                size: int | tuple[int, int] = 64) -> tuple[Clip, Clip, PairSpec]:
+def render_pair(action: str, seed: int, frames: int = 16, size: int | tuple[int, int] = 64,
+                event_setting: float = 0.0) -> tuple[Clip, Clip, PairSpec]:
     """(clean, corrupt, spec): the success and failure outcomes of one seed, identical before
     `spec.decisive_frame`. Clean = success, as in patching 'strike' activations into the 'gutter' run."""
-    (clean, corrupt), info = _render(action, seed, OUTCOMES[action], frames, size)
+    (clean, corrupt), info = _render(action, seed, OUTCOMES[action], frames, size, event_setting)
     ok, bad = OUTCOMES[action]
     return clean, corrupt, PairSpec(clean_outcome=ok, corrupt_outcome=bad, label=label_of(action, ok),
                                     corrupt_label=label_of(action, bad), **info)
@@ -677,7 +703,7 @@ def dataset_plan(n: int, seed: int = 0, actions: Sequence[str] = ACTIONS) -> lis
 
 
 def dataset(n: int, seed: int = 0, frames: int = 16, size: int | tuple[int, int] = 64,
-            actions: Sequence[str] = ACTIONS, with_specs: bool = False,
+            actions: Sequence[str] = ACTIONS, with_specs: bool = False, event_setting: float = 0.0,
             ) -> tuple[UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"]] | tuple[
                 UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"], list[ClipSpec]]:
     """`n` clips, uint8 [n, frames, h, w, 3], and int64 labels (index into LABELS), balanced over the
@@ -686,10 +712,11 @@ def dataset(n: int, seed: int = 0, frames: int = 16, size: int | tuple[int, int]
     The label is all a training loss sees. For an action scene (bowling, golf_putt, ...) the outcome is
     drawn at random, independently of the label: the label says nothing about it. For an event scene
     the outcome is the class. `with_specs=True` also returns every clip's ClipSpec (outcomes, for probes).
+    `event_setting`: the share of event clips drawn in the actions' settings (see EVENT_ZOOM).
     """
     clips, specs = [], []
     for action, outcome, clip_seed in dataset_plan(n, seed, actions):
-        clip, spec = render(action, clip_seed, outcome, frames, size)
+        clip, spec = render(action, clip_seed, outcome, frames, size, event_setting)
         clips.append(clip)
         specs.append(spec)
     x = np.stack(clips)
@@ -705,7 +732,7 @@ def write_pair(out_dir: str | Path, action: str, seed: int, frames: int = 16,
     the rendered frames, so the two files are identical before the decisive frame. (At x264's usual
     lossy settings inter-frame coding would leak the outcome into earlier frames.)
     """
-    from vivit_lens import video  # lazy: rendering alone does not need PyAV
+    from vivit_lens.io import video  # lazy: rendering alone does not need PyAV
 
     clean, corrupt, spec = render_pair(action, seed, frames, size)
     out = Path(out_dir)

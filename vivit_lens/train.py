@@ -36,13 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Int64, UInt8
+from jaxtyping import Float, Int64, UInt8
 from torch import nn
 from tqdm.auto import tqdm
 
-from vivit_lens import synthetic, video
-from vivit_lens.config import ProcessorConfig, ViViTConfig
-from vivit_lens.model import HookedViViT
+from vivit_lens import synthetic
+from vivit_lens.io import video
+from vivit_lens.models.auto import from_pretrained
+from vivit_lens.models.config import ProcessorConfig, ViViTConfig
+from vivit_lens.models.videomae import HookedVideoMAE
+from vivit_lens.models.videomae_config import VideoMAEConfig, videomae_processor
+from vivit_lens.models.vivit import HookedViViT
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ HELDOUT_SEED = 2**31  # synthetic.dataset draws clip seeds below this; held-out 
 MONITOR_SEED = HELDOUT_SEED + 2**20  # the training-time outcome monitor's pairs (after the held-out clips)
 PROBE_DOMAINS = ("bowling", "golf_putt")  # the action scenes whose hidden outcome the project studies
 Clips = UInt8[np.ndarray, "n frames height width 3"]
+ARCHS = ("vivit", "videomae")
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,9 @@ class TrainConfig:
     frames: int = 16
     size: int = 64
     flip: bool = True  # augmentation: mirror a clip left-right (the renderer draws both orientations)
-    # model
+    # model: "vivit" (HookedViViT, [CLS] readout) or "videomae" (HookedVideoMAE: no [CLS], fixed sinusoidal
+    # positions, no key bias, mean pooling then fc_norm, ImageNet normalisation), the same sizes otherwise
+    arch: str = "vivit"
     # 2x16x16 tubelets: 8 x 4 x 4 tokens. With 2x8x8 (512 tokens) a step costs ~4x more, and in 500 steps of the
     # event scenes the outcome loss never left chance (ln 2); these tokens learn it within the time budget.
     tubelet: tuple[int, int, int] = (2, 16, 16)
@@ -87,6 +94,16 @@ class TrainConfig:
     warmup: int = 60
     weight_decay: float = 0.05
     grad_clip: float = 1.0
+    # Self-supervised change target (0: off): the readout must also predict, through a linear decoder used only
+    # in training, what changed between the clip's start and its end: each 8x8-pixel cell's absolute change of
+    # mean colour from the first two frames to the last two (`change_map`). The target is the same function of the
+    # pixels for every class, so no label (and no outcome) enters it; it makes the readout keep what happened, as
+    # large-scale pretraining makes a Kinetics model's features keep more than its labels need. (Measured as a
+    # third stage on the shipped model, benchmarks/RESULTS.md: the outcome stays hidden, the probes do not rise.)
+    change_weight: float = 0.0
+    change_cell: int = 8
+    # The share of event clips rendered in the actions' settings (synthetic.EVENT_ZOOM's note; 0: bare scenes).
+    event_setting: float = 0.0
     # A second stage: start from this folder's weights (a model this script wrote) instead of a fresh init.
     init_from: str | None = None
     # runtime
@@ -100,8 +117,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tubelet", tuple(int(t) for t in self.tubelet))
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.attention not in ("math", "flash", "default"):
             raise ValueError(f"attention must be 'math', 'flash' or 'default', got {self.attention!r}")
+        if self.change_weight < 0:
+            raise ValueError(f"change_weight must be >= 0, got {self.change_weight}")
+        if self.change_weight and (self.change_cell < 1 or self.size % self.change_cell):
+            raise ValueError(f"the change target needs size a multiple of change_cell, got {self.size} px and "
+                             f"change_cell {self.change_cell}")
+        if not 0 <= self.event_setting <= 1:
+            raise ValueError(f"event_setting must be in [0, 1], got {self.event_setting}")
         if self.steps < 1 or self.batch_size < 1 or self.n_train < 1:
             raise ValueError("steps, batch_size and n_train must be >= 1")
 
@@ -109,7 +135,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     model: HookedViViT
-    losses: list[float]  # training loss of every step
+    losses: list[float]  # training loss of every step (classification plus the weighted change loss)
     train_accuracy: float  # on (up to) 600 training clips, after training
     heldout_accuracy: float | None  # on `n_eval` clips from held-out seeds (None when n_eval = 0)
     heldout_loss: float | None
@@ -118,7 +144,9 @@ class TrainResult:
 
 
 def model_config(tc: TrainConfig) -> ViViTConfig:
-    return ViViTConfig(
+    """The architecture of `tc.arch` at the run's sizes (a VideoMAEConfig for "videomae")."""
+    config_class = VideoMAEConfig if tc.arch == "videomae" else ViViTConfig
+    return config_class(
         image_size=tc.size, num_frames=tc.frames, tubelet_size=tc.tubelet, hidden_size=tc.hidden,
         num_hidden_layers=tc.layers, num_attention_heads=tc.heads, intermediate_size=tc.mlp_ratio * tc.hidden,
         hidden_act="gelu_fast", layer_norm_eps=1e-6, qkv_bias=True,
@@ -126,28 +154,44 @@ def model_config(tc: TrainConfig) -> ViViTConfig:
     )
 
 
+# The published VideoMAE checkpoints (MCG-NJU/videomae-*) normalise with ImageNet's mean and std.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 def processor_config(tc: TrainConfig) -> ProcessorConfig:
-    """VivitImageProcessor's chain at the clip size: resize and crop are the identity on size x size frames."""
+    """The architecture's image processor at the clip size (resize and crop are the identity on size x size
+    frames): VivitImageProcessor's chain, or VideoMAEImageProcessor's with ImageNet statistics."""
+    if tc.arch == "videomae":
+        return dataclasses.replace(videomae_processor(crop_size=(tc.size, tc.size)), shortest_edge=tc.size,
+                                   image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     return ProcessorConfig(shortest_edge=tc.size, crop_size=(tc.size, tc.size))
+
+
+def new_model(tc: TrainConfig) -> HookedViViT:
+    """An untrained model of `tc.arch` (its class's construction values; `init_weights_` draws the weights)."""
+    model_class = HookedVideoMAE if tc.arch == "videomae" else HookedViViT
+    return model_class(model_config(tc), processor_config(tc))
 
 
 def init_weights_(model: HookedViViT, generator: torch.Generator, std: float) -> HookedViViT:
     """Truncated normal (std, cut at 2 std) for every projection, zero biases, normal(std) for the
-    [CLS] token and position embeddings, LayerNorm weight 1 and bias 0."""
+    [CLS] token and learned position embeddings (where the model has them), LayerNorm weight 1 and bias 0."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv3d)):
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std, generator=generator)
                 if module.bias is not None:
                     module.bias.zero_()
-        model.embed.cls_token.normal_(0, std, generator=generator)
-        model.pos_embed.W_pos.normal_(0, std, generator=generator)
+        if hasattr(model.embed, "cls_token"):  # VideoMAE has none
+            model.embed.cls_token.normal_(0, std, generator=generator)
+        if isinstance(model.pos_embed.W_pos, nn.Parameter):  # VideoMAE's is a fixed sinusoidal table
+            model.pos_embed.W_pos.normal_(0, std, generator=generator)
         nn.init.trunc_normal_(model.unembed.W_U, std=std, a=-2 * std, b=2 * std, generator=generator)
         model.unembed.b_U.zero_()  # LayerNorms keep their construction values: weight 1, bias 0
     return model
 
 
-def heldout_clips(n: int, frames: int = 16, size: int = 64, start: int = HELDOUT_SEED,
+def heldout_clips(n: int, frames: int = 16, size: int = 64, start: int = HELDOUT_SEED, event_setting: float = 0.0,
                   ) -> tuple[Clips, Int64[np.ndarray, " n"]]:
     """`n` clips rendered from seeds `start, start + 1, ...` (>= 2**31 by default, so never a
     `synthetic.dataset` clip), classes in turn (balanced); an action scene's outcome is drawn from its seed."""
@@ -157,7 +201,8 @@ def heldout_clips(n: int, frames: int = 16, size: int = 64, start: int = HELDOUT
     clips, labels = [], []
     for i in range(n):
         _, action, outcome = table[i % len(table)]
-        clip, spec = synthetic.render(action, start + i, outcome=outcome, frames=frames, size=size)
+        clip, spec = synthetic.render(action, start + i, outcome=outcome, frames=frames, size=size,
+                                      event_setting=event_setting)
         clips.append(clip)
         labels.append(spec.label)
     return np.stack(clips), np.array(labels, np.int64)
@@ -177,15 +222,16 @@ def outcome_pairs(action: str, n: int, frames: int = 16, size: int = 64, start: 
 @torch.no_grad()
 def outcome_probe_accuracy(model: HookedViViT, pairs: dict[str, tuple[Clips, np.ndarray, np.ndarray]],
                            processor: ProcessorConfig) -> dict[str, list[float]]:
-    """Per domain, the grouped 5-fold outcome probe's held-out accuracy on [CLS] at every layer
-    (`probes.grouped_cv_probes`); a measurement, never a training signal."""
-    from vivit_lens.probes import collect_activations, grouped_cv_probes
+    """Per domain, the grouped 5-fold outcome probe's held-out accuracy at every layer, on the residual at the
+    readout positions ([CLS] for ViViT, the token mean for VideoMAE; `probes.grouped_cv_probes`); a measurement,
+    never a training signal."""
+    from vivit_lens.interp.probes import collect_activations, grouped_cv_probes
 
     was_training = model.training
     model.eval()
     out = {}
     for domain, (clips, y, groups) in pairs.items():
-        acts = collect_activations(model, to_pixels(clips, processor), pool="cls", batch_size=16, progress=False)
+        acts = collect_activations(model, to_pixels(clips, processor), pool="readout", batch_size=16, progress=False)
         recs = grouped_cv_probes(acts, torch.from_numpy(y), torch.from_numpy(groups), k=5, n_boot=200)
         out[domain] = [round(r["test"], 4) for r in recs]
     model.train(was_training)
@@ -211,6 +257,19 @@ def evaluate(model: HookedViViT, x: Clips, y: np.ndarray, processor: ProcessorCo
         loss += float(F.cross_entropy(logits, target, reduction="sum"))
     model.train(was_training)
     return correct / len(x), loss / len(x)
+
+
+CHANGE_SCALE = 0.16  # about the variance of `change_map` values over synthetic.dataset clips: the loss starts near 1
+
+
+def change_map(pixels: torch.Tensor, cell: int = 8) -> Float[torch.Tensor, "batch cells"]:
+    """The self-supervised change target of a clip batch [batch frames channels height width]: each
+    `cell` x `cell` pixel cell's mean colour over the last two frames minus over the first two, absolute,
+    summed over channels; flattened (row, column). Averaging over a cell and two frames first makes pixel
+    noise and one-pixel camera jitter small against what moved, appeared or vanished."""
+    b, t, c, h, w = pixels.shape
+    cells = F.avg_pool2d(pixels.reshape(b * t, c, h, w), cell).reshape(b, t, c, h // cell, w // cell)
+    return (cells[:, -2:].mean(1) - cells[:, :2].mean(1)).abs().sum(1).flatten(1)
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -245,27 +304,36 @@ def train(tc: TrainConfig, data: tuple[Clips, np.ndarray] | None = None) -> Trai
     cfg, processor = model_config(tc), processor_config(tc)
     gen = torch.Generator().manual_seed(tc.seed)  # the model first: a bad --init-from fails before any rendering
     if tc.init_from:
-        model = HookedViViT.from_pretrained(tc.init_from)
+        model = from_pretrained(tc.init_from)
         if model.cfg != cfg:
             raise ValueError(f"{tc.init_from} holds another architecture than this run's: {model.cfg} vs {cfg}")
     else:
-        model = init_weights_(HookedViViT(cfg, processor), gen, tc.init_std or tc.hidden**-0.5)
+        model = init_weights_(new_model(tc), gen, tc.init_std or tc.hidden**-0.5)
     if data is None:
         logger.info("rendering %d training clips (seed %d, %d frames, %dx%d)", tc.n_train, tc.seed, tc.frames,
                     tc.size, tc.size)
-        data = synthetic.dataset(tc.n_train, seed=tc.seed, frames=tc.frames, size=tc.size)
+        data = synthetic.dataset(tc.n_train, seed=tc.seed, frames=tc.frames, size=tc.size,
+                                 event_setting=tc.event_setting)
     x_train, y_train = data
     if len(x_train) < tc.batch_size:
         raise ValueError(f"the training set ({len(x_train)} clips) is smaller than one batch ({tc.batch_size})")
-    x_eval, y_eval = heldout_clips(tc.n_eval, tc.frames, tc.size) if tc.n_eval else (None, None)
+    x_eval, y_eval = heldout_clips(tc.n_eval, tc.frames, tc.size, event_setting=tc.event_setting) \
+        if tc.n_eval else (None, None)
     monitor = {a: outcome_pairs(a, tc.probe_pairs, tc.frames, tc.size) for a in PROBE_DOMAINS} if tc.probe_pairs else {}
 
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %d layers, %d heads, d_model %d, %d tokens, %d parameters", cfg.n_layers, cfg.n_heads,
                 cfg.d_model, cfg.n_pos, n_params)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    # The change decoder is trained with the model and then dropped: the shipped model is the classifier alone.
+    decoder = nn.Linear(cfg.d_model, (tc.size // tc.change_cell) ** 2) if tc.change_weight else None
+    if decoder is not None:  # drawn only when used, so runs without it keep their batches
+        with torch.no_grad():
+            nn.init.trunc_normal_(decoder.weight, std=0.02, a=-0.04, b=0.04, generator=gen)
+            decoder.bias.zero_()
+    params = [*model.parameters(), *(decoder.parameters() if decoder is not None else ())]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.999))
     flip_rng = np.random.default_rng([tc.seed, 1])
@@ -287,11 +355,15 @@ def train(tc: TrainConfig, data: tuple[Clips, np.ndarray] | None = None) -> Trai
             pixels, target = to_pixels(clips, processor), torch.from_numpy(y_train[idx])
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
-            loss = F.cross_entropy(model(pixels), target)
+            readout = model.readout(model(pixels, return_type="resid"))
+            loss = F.cross_entropy(model.unembed(readout), target)
+            if decoder is not None:
+                change = F.mse_loss(decoder(readout), change_map(pixels, tc.change_cell)) / CHANGE_SCALE
+                loss = loss + tc.change_weight * change
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr_at(step, tc):.1e}", refresh=False)
@@ -338,7 +410,10 @@ def training_record(tc: TrainConfig, result: TrainResult, command: str | None = 
         "labels": list(synthetic.LABELS),
         "outcome_labels_in_loss": "none for the action scenes: a bowling or golf_putt clip's label is its action, "
                                   "whatever its outcome (synthetic.label_of); event scenes are labelled by outcome",
-        "outcome_monitor": f"grouped 5-fold [CLS] probe on {tc.probe_pairs} pairs per domain from seed "
+        "self_supervised_loss": (f"change_weight {tc.change_weight} x the change map's mean squared error / "
+                                 f"{CHANGE_SCALE} (train.change_map, {tc.change_cell}-pixel cells; from pixels only)"
+                                 if tc.change_weight else None),
+        "outcome_monitor": f"grouped 5-fold readout probe on {tc.probe_pairs} pairs per domain from seed "
                            f"{MONITOR_SEED} on; measured only, never a loss",
         "train_seeds": f"synthetic.dataset(n={tc.n_train}, seed={tc.seed}) (clip seeds drawn below {HELDOUT_SEED})",
         "final_loss_mean_last_25": float(np.mean(result.losses[-25:])),
