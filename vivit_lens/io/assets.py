@@ -17,9 +17,17 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"  # vivit_lens/assets/, b
 PAIR_FILES = ("clean.mp4", "corrupt.mp4", "spec.json")
 
 
-def tiny_model_path() -> Path:
-    """The shipped model's HF folder (config.json, model.safetensors, preprocessor_config.json)."""
-    path = ASSETS / "tiny_vivit"
+# The models shipped in the package, by the name `--model` takes: the ViViT every default uses, and a VideoMAE
+# of the same size trained on the same world (to compare architectures).
+SHIPPED_MODELS = {"tiny_vivit": "tiny_vivit", "tiny_videomae": "tiny_videomae"}
+
+
+def tiny_model_path(name: str = "tiny_vivit") -> Path:
+    """A shipped model's HF folder (config.json, model.safetensors, preprocessor_config.json): `tiny_vivit` (the
+    default everywhere) or `tiny_videomae`."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"no shipped model {name!r}; shipped: {', '.join(SHIPPED_MODELS)}")
+    path = ASSETS / SHIPPED_MODELS[name]
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"the shipped model is missing from {path}; reinstall vivit_lens")
     return path

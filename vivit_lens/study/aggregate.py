@@ -69,7 +69,7 @@ def study(
     probe_pairs: Mapping[str, Sequence[PairInput]] | None = None,
     label: int | str | None = None,
     signal_layer: int | None = None,
-    signal_positions: str = "cls",
+    signal_positions: str = "readout",
     n_boot: int = 2000,
     seed: int = 0,
     k_folds: int = 5,

@@ -7,6 +7,8 @@ Figure 1 (the activation-delta cascade) are what the reports reproduce.
     vivit-lens analyze                                   # the shipped tiny model and bowling pair -> ./vivit_lens_report/
     vivit-lens analyze strike.mp4 gutter.mp4 --model google/vivit-b-16x2-kinetics400 --out out/
     vivit-lens study --pairs 20                          # bowling and golf_putt pairs, 95% bootstrap CIs
+    vivit-lens study --model tiny_videomae --out study_mae           # the same on the shipped VideoMAE
+    vivit-lens compare vivit_lens_study study_mae        # the two studies side by side -> ./vivit_lens_compare/
 
 Exit codes: 0 done, 2 bad input (a one-line message on stderr, no traceback), 1 an unexpected error.
 The work is done by `vivit_lens.analysis` (numbers) and `vivit_lens.report` (files). Outputs are complete or
@@ -49,11 +51,13 @@ def _parser() -> argparse.ArgumentParser:
                                        "would refuse as too large for the memory available; HF_HUB_OFFLINE=1 reads "
                                        "hub ids from the local Hugging Face cache only.")  # fmt: skip
     p.add_argument("--version", action="version", version=f"vivit-lens {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{analyze,study}")
+    sub = p.add_subparsers(dest="command", metavar="{analyze,study,compare}")
     sub.required = True
 
     def common(q: argparse.ArgumentParser, out_default: str) -> None:
-        q.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the shipped tiny model)")
+        q.add_argument("--model", default=None,
+                       help="checkpoint folder or hub id, ViViT or VideoMAE, or a shipped model: tiny_vivit (the "
+                            "default) or tiny_videomae")  # fmt: skip
         q.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
         q.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty --out folder (only once the new output is complete)")
@@ -62,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                             "prediction on the clean clip)")  # fmt: skip
         q.add_argument("--signal-layer", type=int, default=None,
                        help="layer whose output residual carries the patching signal (default: the last)")
-        q.add_argument("--signal-positions", choices=("cls", "all"), default="cls",
-                       help="tokens of that residual the signal is read at (default: cls)")
+        q.add_argument("--signal-positions", choices=("readout", "cls", "all"), default="readout",
+                       help="tokens of that residual the signal is read at: where the classifier reads ([CLS] on "
+                            "ViViT, all tokens on a mean-pooling VideoMAE), cls, or all (default: readout)")
         q.add_argument("--batch-size", type=int, default=16, help="patched runs per forward pass (default: 16)")
         q.add_argument("--no-progress", action="store_true",
                        help="no progress bars (they are shown only when stderr is a terminal)")
@@ -118,15 +123,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="use the existing Ray cluster at ADDR (HOST:PORT or auto) instead of a local one; --workers "
                         "then defaults to its GPUs, or else its CPUs")  # fmt: skip
+    c = sub.add_parser("compare", help="put two or more studies side by side (e.g. ViViT and VideoMAE)",
+                       description="Read the results.json of two or more `vivit-lens study` runs and write one report "
+                                   "with their outcome probes, block and head recoveries side by side, each with its "
+                                   "own N and 95% CIs. Nothing is recomputed.")  # fmt: skip
+    c.add_argument("studies", nargs="+", metavar="STUDY_DIR", help="--out folders of vivit-lens study runs")
+    c.add_argument("--names", default=None, metavar="LIST",
+                   help="comma-separated names for the studies (default: each folder's name)")
+    c.add_argument("--out", default="vivit_lens_compare", help="output folder (default: vivit_lens_compare)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out folder (only once the new output is complete)")
+    c.add_argument("--format", dest="formats", default="html,json", metavar="LIST",
+                   help="outputs, comma-separated from html, json, csv (default: html,json)")
+    c.add_argument("--no-progress", action="store_true", help="accepted for symmetry; compare draws no bars")
+    c.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
 
 # Inputs ------------------------------------------------------------------------------------------
-def _shipped_model() -> str:
+def _shipped_model(name: str = "tiny_vivit") -> str:
     from vivit_lens.io.assets import tiny_model_path
 
     try:
-        return str(tiny_model_path())
+        return str(tiny_model_path(name))
     except FileNotFoundError as e:
         raise UsageError(f"{e}; or pass --model FOLDER_OR_HUB_ID") from None
 
@@ -142,12 +161,15 @@ def _shipped_pair(action: str) -> tuple[str, str]:
 
 
 def _load_model(name: str | None, args=None):
-    from vivit_lens import HookedViViT
+    """The model `--model` names: a shipped one (tiny_vivit, the default, or tiny_videomae), a folder or a hub id;
+    its class from the checkpoint's model_type (vivit_lens.from_pretrained)."""
+    from vivit_lens.io.assets import SHIPPED_MODELS
+    from vivit_lens.models.auto import from_pretrained
 
-    name = _shipped_model() if name is None else name
+    name = _shipped_model(name or "tiny_vivit") if name is None or name in SHIPPED_MODELS else name
     place = {"device": args.device, "dtype": args.dtype} if args is not None else {}
     try:
-        return HookedViViT.from_pretrained(name, **place), name
+        return from_pretrained(name, **place), name
     except (OSError, ValueError) as e:  # not found, unreadable, not a ViViT, weights that do not fit
         raise UsageError(f"cannot load the model {name!r}: {e}") from None
 
@@ -188,7 +210,6 @@ def _resolve_class(model, name: str | None):
 
 def _check_common(args) -> None:
     from vivit_lens.models.placement import PlacementError, parse_device, parse_dtype
-    from vivit_lens.study.report import FORMATS
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -198,6 +219,12 @@ def _check_common(args) -> None:
         raise UsageError(f"{e}".replace("device ", "--device ", 1).replace("dtype ", "--dtype ", 1)) from None
     if args.device.type == "meta":
         raise UsageError("--device meta holds no values, so there is nothing to report; use cpu, cuda or mps")
+    _check_formats(args)
+
+
+def _check_formats(args) -> None:
+    from vivit_lens.study.report import FORMATS
+
     formats = [f.strip() for f in str(args.formats).split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -436,16 +463,41 @@ def _study(args, log, out, actions: list[str], t0: float) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args, log) -> int:
+    from vivit_lens.study.compare import compare_studies, load_study, write_compare
+
+    _check_formats(args)
+    if len(args.studies) < 2:
+        raise UsageError(f"compare needs two or more study folders, got {len(args.studies)}")
+    names = [n.strip() for n in args.names.split(",")] if args.names else [Path(f).name for f in args.studies]
+    if len(names) != len(args.studies) or len(set(names)) != len(names) or not all(names):
+        raise UsageError(f"--names must give {len(args.studies)} distinct names, one per study; got {names} (name "
+                         f"folders differently or pass --names)")  # fmt: skip
+    t0 = time.perf_counter()
+    studies = {n: load_study(f) for n, f in zip(names, args.studies)}
+    cmp = compare_studies(studies)
+    out = _output(args, *args.studies)
+    try:
+        headline = [f"{dom}: " + "; ".join(
+            f"{n} probe {v['probe']['best'][0]:.2f} (L{v['probe']['best_layer']}, {v['probe']['n_pairs']} pairs)"
+            for n, v in models.items() if v and "probe" in v) for dom, models in cmp["domains"].items()]  # fmt: skip
+        _write(out, lambda folder: write_compare(cmp, folder, formats=args.formats), log, t0, headline)
+    finally:
+        out.discard()
+    return EXIT_OK
+
+
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from vivit_lens import CheckpointError, CheckpointNotFoundError, InputError
     from vivit_lens.study.analysis import PairError
+    from vivit_lens.study.compare import StudyFolderError
     from vivit_lens.io.atomic import OutputError
     from vivit_lens.models.config import ConfigError
     from vivit_lens.interp.memory import MemoryGuardError
     from vivit_lens.io.video import VideoError
 
     return (UsageError, PairError, VideoError, InputError, ConfigError, CheckpointError, CheckpointNotFoundError,
-            OutputError, MemoryGuardError)  # fmt: skip
+            OutputError, MemoryGuardError, StudyFolderError)  # fmt: skip
 
 
 def one_line(e: BaseException) -> str:
@@ -478,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.quiet:  # nothing but errors
                 warnings.simplefilter("ignore")
                 root.setLevel(logging.ERROR)
-            return cmd_analyze(args, log) if args.command == "analyze" else cmd_study(args, log)
+            command = {"analyze": cmd_analyze, "study": cmd_study, "compare": cmd_compare}[args.command]
+            return command(args, log)
     except KeyboardInterrupt:
         print("vivit-lens: interrupted; nothing was written", file=sys.stderr)
         return 130

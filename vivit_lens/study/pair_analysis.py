@@ -84,7 +84,7 @@ def analyze_pair(
     label: int | str | None = None,
     region: Region | None = None,
     signal_layer: int | None = None,
-    signal_positions: str = "cls",
+    signal_positions: str = "readout",
     top_heads: int = 4,
     n_composers: int = 3,
     k: int = 5,
@@ -99,8 +99,9 @@ def analyze_pair(
     logit measurements (name or index; default: the model's top prediction on the clean clip).
     `region`: the outcome region for ablation and attention mass (default: the tokens whose
     embeddings differ most). `signal_layer`: where the patching signal is read (default: the last
-    block's output); `signal_positions`: `"cls"` (the [CLS] token, default; a model
-    without one: a ValueError), `"readout"` (the positions the classifier reads) or `"all"` tokens.
+    block's output); `signal_positions`: `"readout"` (the positions the classifier reads,
+    default: [CLS] on ViViT, every token on a mean-pooling VideoMAE), `"cls"` (a model without one: a
+    ValueError) or `"all"` tokens.
     `top_heads`: heads shown with [CLS] attention; `n_composers`: MLPs whose head inputs are path-patched.
     `steps`: a subset of `STEPS` (patching is needed by heads, paths and attribution). `norm_recovery`: also
     score the block patching with the direction-blind norm variant (two more sweeps).

@@ -498,15 +498,21 @@ def study_heads(st: Mapping) -> Figure:
     axes = fig.subplots(1, len(doms), squeeze=False)[0]
     for ax, dom in zip(axes, doms):
         m = _grid(st["domains"][dom]["ci"]["head_recovery"]["mean"])
-        im = ax.imshow(m, cmap=DIVERGING, norm=_sym_norm(m), aspect="auto")
-        _annotate(ax, m, "{:.1f}", fontsize=8.5 if m.shape[1] <= 8 else 6.5)
-        ax.set_xticks(range(m.shape[1]))
-        ax.set_yticks(range(m.shape[0]))
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(f"{dom}: mean per-head recovery", fontsize=9.5)
+        im = head_map(ax, m, _sym_norm(m), f"{dom}: mean per-head recovery")
         fig.colorbar(im, ax=ax, label="signal recovered (%)", shrink=0.85)
     return fig
+
+
+def head_map(ax, m: np.ndarray, norm: TwoSlopeNorm, title: str):
+    """A [layer head] map of recoveries (%), annotated, on `norm`; returns the image for a colour bar."""
+    im = ax.imshow(m, cmap=DIVERGING, norm=norm, aspect="auto")
+    _annotate(ax, m, "{:.1f}", fontsize=8.5 if m.shape[1] <= 8 else 6.5)
+    ax.set_xticks(range(m.shape[1]))
+    ax.set_yticks(range(m.shape[0]))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9.5)
+    return im
 
 
 def study_scalars(st: Mapping) -> Figure:

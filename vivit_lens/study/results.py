@@ -173,6 +173,8 @@ def provenance(model, model_name: str | None = None, **extra: Any) -> dict:
         "model": {"name_or_path": model_name, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
                   "d_mlp": cfg.d_mlp, "num_frames": cfg.num_frames, "image_size": list(cfg.image_size),
                   "tubelet_size": list(cfg.tubelet_size), "grid_shape": list(cfg.grid_shape), "n_pos": cfg.n_pos,
-                  "n_classes": cfg.n_classes},
+                  "n_classes": cfg.n_classes, "architecture": cfg.original_architecture,
+                  "readout": "mean over tokens" if len(cfg.readout_positions) > 1 else f"token {cfg.readout_positions[0]}",
+                  "n_parameters": sum(p.numel() for p in model.parameters())},
         "versions": versions, "created": time.strftime("%Y-%m-%d %H:%M:%S %z"), **extra,
     }  # fmt: skip
