@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import vivit_lens
 from vivit_lens import HookedViViT, analysis, assets
 from vivit_lens.probes import best_record
 
@@ -62,15 +63,17 @@ def summarise(st: dict) -> dict:
 
 
 def shipped_pair_attention(model: HookedViViT) -> dict:
-    """On each shipped pair's clean clip: the head whose [CLS] attention puts the most mass on the outcome region,
-    as a multiple of the uniform share (region tokens / all tokens), read off `hook_pattern` with a plain hook.
-    `ceiling` = 1 / share, the multiple of a head that attends to nothing else."""
+    """On each shipped pair's clean clip: the head whose readout attention ([CLS]'s row on ViViT, the mean of every
+    query's row on a mean-pooling VideoMAE) puts the most mass on the outcome region, as a multiple of the uniform
+    share (region tokens / all tokens), read off `hook_pattern` with a plain hook. `ceiling` = 1 / share, the
+    multiple of a head that attends to nothing else."""
     out = {}
     for action in assets.pairs():
         pair = analysis.load_pair(model, *assets.pair_paths(action)[:2])
         positions = torch.tensor(pair.region.positions)
-        rows = {}
-        hooks = [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: rows.__setitem__(hook.name, t[0, :, 0].clone()))
+        rows, queries = {}, list(model.readout_positions)
+        hooks = [(f"blocks.{l}.attn.hook_pattern",
+                  lambda t, hook: rows.__setitem__(hook.name, t[0, :, queries].mean(1).clone()))
                  for l in range(model.cfg.n_layers)]  # fmt: skip
         with torch.no_grad():
             model.run_with_hooks(pair.clean, fwd_hooks=hooks)
@@ -84,7 +87,8 @@ def shipped_pair_attention(model: HookedViViT) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(assets.tiny_model_path()))
+    p.add_argument("--model", default="tiny_vivit", help="a checkpoint folder, or a shipped model (tiny_vivit, "
+                   "tiny_videomae)")
     p.add_argument("--pairs", type=int, default=100, help="pairs per domain that are patched")
     p.add_argument("--probe-pairs", type=int, default=200, help="pairs per domain for the probes")
     p.add_argument("--seed", type=int, default=0)
@@ -93,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    model = HookedViViT.from_pretrained(args.model)
+    if args.model in assets.SHIPPED_MODELS:
+        args.model = str(assets.tiny_model_path(args.model))
+    model = vivit_lens.from_pretrained(args.model)
     n = max(args.pairs, args.probe_pairs)
     gen = {a: analysis.generate_pairs(model, a, n, seed=args.seed) for a in ("bowling", "golf_putt")}
     st = analysis.study(model, {a: g[: args.pairs] for a, g in gen.items()}, probe_pairs=gen, seed=args.seed,

@@ -199,12 +199,17 @@ def test_the_bowling_pairs_outcome_box_is_too_large_for_3x(model):
     assert ceiling < 3 and float(ratio.max()) <= ceiling + 1e-4
 
 
-def test_measurement_pairs_never_reuse_a_training_scene(record):
-    """The study's default pairs (seeds 0..99), the tests' pairs and the monitor's pairs are not training clips."""
+def training_scenes_measured(record: dict) -> set:
+    """The (action, seed) scenes that both a training stage of `record` and a measurement use: the study's default
+    pairs (seeds 0..199), the tests' pairs and the monitor's pairs."""
     used = set()
     for stage in [record, *record.get("earlier_stages", [])]:
         tc = stage["train_config"]
         used |= {(a, s) for a, _, s in synthetic.dataset_plan(tc["n_train"], tc["seed"])}
     measured = {(a, s) for a in DOMAINS for s in [*range(200), *range(OUTCOME_SEED, OUTCOME_SEED + 200),
                                                    *range(MONITOR_SEED, MONITOR_SEED + 200)]}  # fmt: skip
-    assert not used & measured
+    return used & measured
+
+
+def test_measurement_pairs_never_reuse_a_training_scene(record):
+    assert not training_scenes_measured(record)

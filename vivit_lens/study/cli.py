@@ -171,7 +171,8 @@ def _load_model(name: str | None, args=None):
     try:
         return from_pretrained(name, **place), name
     except (OSError, ValueError) as e:  # not found, unreadable, not a ViViT, weights that do not fit
-        raise UsageError(f"cannot load the model {name!r}: {e}") from None
+        shipped = "" if "/" in name or Path(name).exists() else f" (shipped models: {', '.join(SHIPPED_MODELS)})"
+        raise UsageError(f"cannot load the model {name!r}: {e}{shipped}") from None
 
 
 def _parse_region(model, region: str | None, frames: str | None):

@@ -51,8 +51,11 @@ def load_study(folder: str | Path) -> dict:
 
 def _model_meta(st: Mapping) -> dict:
     m = st.get("meta", {}).get("model", {})
-    keys = ("name_or_path", "architecture", "n_layers", "n_heads", "d_model", "n_parameters")
-    return {k: m.get(k) for k in keys if k in m}
+    keys = ("name_or_path", "architecture", "readout", "n_layers", "n_heads", "d_model", "n_parameters")
+    out = {k: m.get(k) for k in keys if k in m}
+    signal = st.get("signal") or {}
+    out["signal"] = f"layer {signal.get('layer')}, {signal.get('positions')} positions" if signal else None
+    return out
 
 
 def _ci3(ci: Mapping, *idx: int) -> list[float]:
@@ -221,8 +224,8 @@ def _summary_rows(cmp: Mapping) -> list[list[Any]]:
             hidden = h.get("same_top1_fraction")
             rows.append([
                 dom, name, v["n_pairs"], "-" if hidden is None else f"{hidden:.3f} [{h['same_top1_ci'][0]:.3f}, "
-                f"{h['same_top1_ci'][1]:.3f}]",
-                "-" if p is None else f"L{p['best_layer']}: {_fmt(p['best'], '{:.3f}')}",
+                f"{h['same_top1_ci'][1]:.3f}] ({h['n_pairs']} pairs)",
+                "-" if p is None else f"L{p['best_layer']}: {_fmt(p['best'], '{:.3f}')} ({p['n_pairs']} pairs)",
                 "-" if p is None else _fmt(p["control"], "{:.3f}"),
                 f"L{la}: {_fmt(att[la])}", f"L{lm}: {_fmt(mlp[lm])}",
                 f"L{v['top_head']['layer']}H{v['top_head']['head']}: {_fmt(v['top_head']['recovery'])}",
@@ -232,15 +235,20 @@ def _summary_rows(cmp: Mapping) -> list[list[Any]]:
 
 def render_compare(cmp: Mapping, images: Mapping[str, bytes]) -> str:
     models = cmp["models"]
-    model_rows = [[name, m.get("architecture", "?"), m.get("name_or_path", "?"), m.get("n_layers", "-"),
-                   m.get("n_heads", "-"), m.get("n_parameters", "-")] for name, m in models.items()]  # fmt: skip
-    summary = table(["domain", "model", "pairs", "same top-1 on both clips [95% CI]", "probe, best layer [95% CI]",
+    model_rows = [[name, m.get("architecture", "?"), m.get("name_or_path", "?"), m.get("readout", "?"),
+                   m.get("signal") or "?", m.get("n_layers", "-"), m.get("n_heads", "-"), m.get("n_parameters", "-")]
+                  for name, m in models.items()]  # fmt: skip
+    summary = table(["domain", "model", "patched pairs", "same top-1 on both clips [95% CI]",
+                     "probe, best layer [95% CI]",
                      "shuffled control", "strongest attention block (%)", "strongest MLP block (%)",
                      "strongest head (%)"], _summary_rows(cmp), left=9)  # fmt: skip
     warn = "".join(f"<li>{_e(w)}</li>" for w in cmp.get("warnings", []))
     sections = [
-        ("models", "Models", table(["name", "architecture", "checkpoint", "layers", "heads", "parameters"], model_rows,
-                                   "{:.0f}", left=3)),  # fmt: skip
+        ("models", "Models", table(["name", "architecture", "checkpoint", "readout", "patching signal read at",
+                                    "layers", "heads", "parameters"], model_rows, "{:.0f}", left=5)
+         + "<p>Recovery is measured where each model's classifier reads: a model that reads one token and one that "
+           "reads the mean over all tokens give the same words different quantities (a late block patched at every "
+           "position moves a mean readout directly), so compare the shapes with that in mind.</p>"),  # fmt: skip
         ("summary", "Side by side",
          "<p>Each figure is the model's own study: its N, its 95% bootstrap CI over its pairs. Recovery is the share "
          "of the corrupt-to-clean signal that patching one block (or head) restores.</p>" + summary
