@@ -101,6 +101,9 @@ def test_study_and_analyze_run_on_it_by_name(tmp_path):
     st = json.loads((tmp_path / "s" / "results.json").read_text())
     assert st["meta"]["model"]["architecture"] == "VideoMAEForVideoClassification"
     assert st["signal"]["positions"] == "readout" and set(st["domains"]) == set(DOMAINS)
+    page = (tmp_path / "s" / "report.html").read_text()  # the report names the readout, not a [CLS] it lacks
+    assert "readout (token mean) attention on the outcome region" in page and "present in the readout (token mean)" in page
+    assert "[CLS] attention on the outcome region" not in page and "present in [CLS]" not in page
     assert main(["analyze", "--model", "tiny_videomae", "--out", str(tmp_path / "a"), "--quiet"]) == 0
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert res["signal"]["positions"] == "readout" and np.isfinite(res["patching"]["attention"]).all()

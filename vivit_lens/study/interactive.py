@@ -130,7 +130,7 @@ STUDY_QUANTITIES = {  # per-pair quantity -> (label, axes after the pair: "layer
     "head_recovery": ("head recovery (%)", "layer head"),
     "cascade_token_mean": ("activation delta, mean over tokens", "layer"),
     "cascade_cls": ("activation delta at [CLS]", "layer"),
-    "region_mass_ratio": ("[CLS] attention on the region / uniform share", "layer head"),
+    "region_mass_ratio": ("readout ([CLS]) attention on the region / uniform share", "layer head"),
     "ablation_pixels_change": ("pixel ablation: change of the class logit", ""),
     "ablation_tokens_change": ("token ablation: change of the class logit", ""),
     "class_logit_difference": ("class logit, clean - corrupt", ""),

@@ -21,6 +21,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from vivit_lens.study.summary import readout_word
+
 ATTN_COLOR, MLP_COLOR = "#e08214", "#2c7bb6"
 DIVERGING = "RdBu_r"
 
@@ -65,7 +67,8 @@ def delta_cascade(res: Mapping) -> Figure:
     fig = Figure(figsize=(7.5, 4.3), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(layers, _arr(c["resid_post"]["token_mean"]), "o-", color="black", label="residual (block output), mean over tokens")
-    ax.plot(layers, _arr(c["resid_post"]["cls"]), "s--", color="0.45", label="residual (block output), [CLS]")
+    ax.plot(layers, _arr(c["resid_post"]["cls"]), "s--", color="0.45",
+            label=f"residual (block output), {readout_word(res)}")
     ax.plot(layers, _arr(c["attn_out"]["token_mean"]), "^-", color=ATTN_COLOR, label="attention output, mean over tokens")
     ax.plot(layers, _arr(c["mlp_out"]["token_mean"]), "v-", color=MLP_COLOR, label="MLP output, mean over tokens")
     ax.set_xticks(layers)
@@ -127,8 +130,8 @@ def dla_heatmap(res: Mapping, frames: np.ndarray | None = None, tubelet: Sequenc
     grid, im = _token_panels(fig, [("clean", clean), ("clean - corrupt", diff)], frames, tubelet, DIVERGING, norm)
     fig.colorbar(im, ax=grid.ravel().tolist(), label=f"contribution to '{res['class']['label']}' (logits)",
                  shrink=0.8, pad=0.01)  # fmt: skip
-    fig.suptitle("Direct logit attribution per source token, through every head's [CLS] output (token grid on the "
-                 "middle frame of each tubelet; 0 = white)", fontsize=9.5)  # fmt: skip
+    fig.suptitle(f"Direct logit attribution per source token, through every head's {readout_word(res)} output (token "
+                 "grid on the middle frame of each tubelet; 0 = white)", fontsize=9.5)  # fmt: skip
     return fig
 
 def dla_components(res: Mapping) -> Figure:
@@ -185,8 +188,8 @@ def cls_attention(res: Mapping, frames: np.ndarray, tubelet: Sequence[int], max_
                 ax.set_ylabel(f"L{hd['layer']}H{hd['head']}\nDLA {hd['dla']:+.3f}\nregion {hd['region_mass']:.0%}",
                               fontsize=7.5)  # fmt: skip
         fig.colorbar(im, ax=list(grid[i]), label="attention weight", shrink=0.85, pad=0.01)
-    fig.suptitle("[CLS] attention of the heads with the largest |direct logit attribution|\n(clean clip, middle "
-                 "frame of each tubelet; cyan box: outcome region)", fontsize=9.5)  # fmt: skip
+    fig.suptitle(f"{readout_word(res)} attention of the heads with the largest |direct logit attribution|\n(clean "
+                 "clip, middle frame of each tubelet; cyan box: outcome region)", fontsize=9.5)  # fmt: skip
     return fig
 
 
@@ -433,7 +436,7 @@ def study_cascade(st: Mapping) -> Figure:
     colors = ["#1b7837", "#762a83", "#b35806", "#2166ac"]
     for i, (dom, d) in enumerate(st["domains"].items()):
         x = d["layers"]
-        for key, ls, what in (("cascade_token_mean", "-", "mean over tokens"), ("cascade_cls", "--", "[CLS]")):
+        for key, ls, what in (("cascade_token_mean", "-", "mean over tokens"), ("cascade_cls", "--", readout_word(st))):
             ci = d["ci"][key]
             ax.plot(x, _arr(ci["mean"]), ls, marker="o", color=colors[i % 4], label=f"{dom}: {what}")
             ax.fill_between(x, _arr(ci["lo"]), _arr(ci["hi"]), color=colors[i % 4], alpha=0.15)
@@ -482,7 +485,7 @@ def study_probe(st: Mapping) -> Figure:
         ax.set_title("transfer: trained on one domain, tested on the other", fontsize=9.5)
     for ax in axes:
         ax.set_ylim(-0.02, 1.05)
-        ax.set_xlabel("layer ([CLS] residual after the block)")
+        ax.set_xlabel(f"layer ({readout_word(st)} residual after the block)")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left", ncols=2, framealpha=0.85)

@@ -22,7 +22,7 @@ import numpy as np
 
 from vivit_lens.study import interactive, paper
 from vivit_lens.study.analysis import findings_lines, jsonable
-from vivit_lens.study.summary import analysis_headline, num, pct
+from vivit_lens.study.summary import analysis_headline, num, pct, readout_word
 
 FORMATS = ("html", "json", "csv")
 FIGURE_DPI = 150  # plots.FIGURE_DPI (not imported here: matplotlib loads only when figures are drawn)
@@ -175,7 +175,7 @@ def _findings_html(res: Mapping) -> str:
         return ""
     return ("<p class='meta'>From the model's training record: measured on many fresh pairs, not on the pair or "
             "pairs of this report.</p><ul class='summary'>" +
-            "".join(f"<li>{_e(line)}</li>" for line in findings_lines(f)) + "</ul>")
+            "".join(f"<li>{_e(line)}</li>" for line in findings_lines(f, readout_word(res))) + "</ul>")
 
 
 def _region_text(reg: Mapping) -> str:

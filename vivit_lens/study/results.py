@@ -39,7 +39,8 @@ DEFINITIONS = {
     "cls_attention": "softmax attention weight of the [CLS] query on each tubelet token, per layer and head.",
     "region": "the outcome region: a pixel box x0,y0,x1,y1 (model-input pixels, x1 and y1 exclusive) in input "
               "frames [a, b), and the tubelet tokens that touch it.",
-    "region_mass": "sum of a head's [CLS] attention on the region's tokens; region_mass_ratio divides it by the "
+    "region_mass": "sum of a head's readout attention ([CLS]'s row; a mean-pooling model: the mean row) on the "
+                   "region's tokens; region_mass_ratio divides it by the "
                    "share uniform attention would put there.",
     "ablation_pixels": "the region's pixels set to 0 in the model's normalised input space (what 'zeroing' "
                        "pixel_values does; grey for the default preprocessing), then a forward pass.",
@@ -120,8 +121,9 @@ def model_findings(model_name: str | Path | None) -> dict | None:
         return None
 
 
-def findings_lines(f: Mapping) -> list[str]:
-    """Plain-text sentences for a `model_findings` record (the measured hidden / present / transfer / causal)."""
+def findings_lines(f: Mapping, readout: str = "[CLS]") -> list[str]:
+    """Plain-text sentences for a `model_findings` record (the measured hidden / present / transfer / causal);
+    `readout` names where the model reads (`summary.readout_word`)."""
     lines = []
     for dom, d in f.get("domains", {}).items():
         h, p, c = d["hidden"], d["present"], d["causal"]
@@ -129,7 +131,7 @@ def findings_lines(f: Mapping) -> list[str]:
         lines.append(f"{dom}: the outcome is hidden from the label (same top-1 on both clips of "
                      f"{h['same_top1_fraction']:.1%} of {h['n_pairs']} pairs, 95% CI [{h['same_top1_ci'][0]:.1%}, "
                      f"{h['same_top1_ci'][1]:.1%}]; top-1 = {h.get('action', '?')} on {h.get('action_accuracy', float('nan')):.1%}) "
-                     f"and present in [CLS]: a linear probe reads it at {b['test']:.2f} [{b['test_lo']:.2f}, "
+                     f"and present in the {readout}: a linear probe reads it at {b['test']:.2f} [{b['test_lo']:.2f}, "
                      f"{b['test_hi']:.2f}] held-out accuracy at layer {p['best_layer']} (grouped {p['k']}-fold over "
                      f"{p['n_pairs']} pairs; shuffled-label control {b['control']:.2f}).")
         att = [v[0] for v in c["attention_recovery_by_layer"]]
@@ -142,7 +144,7 @@ def findings_lines(f: Mapping) -> list[str]:
                      f"{mlp[lm]:.0f}% [{c['mlp_recovery_by_layer'][lm][1]:.0f}, {c['mlp_recovery_by_layer'][lm][2]:.0f}]; "
                      f"strongest head L{sh['layer']}H{sh['head']} {sh['recovery'][0]:.0f}% "
                      f"[{sh['recovery'][1]:.0f}, {sh['recovery'][2]:.0f}]; L{rg['layer']}H{rg['head']} puts "
-                     f"{rg['mass_over_uniform'][0]:.1f}x the uniform share of its [CLS] attention on the outcome region.")
+                     f"{rg['mass_over_uniform'][0]:.1f}x the uniform share of its {readout} attention on the outcome region.")
     for name, t in f.get("transfer", {}).items():
         lines.append(f"transfer {name}: a probe trained on one domain's outcomes scores {t['test']:.2f} "
                      f"[{t['lo']:.2f}, {t['hi']:.2f}] on the other's at layer {t['best_layer']} (chance 0.50).")

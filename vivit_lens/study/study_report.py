@@ -29,7 +29,7 @@ from vivit_lens.study.report import (
     table,
     write_outputs,
 )  # fmt: skip
-from vivit_lens.study.summary import num, study_headline
+from vivit_lens.study.summary import num, readout_word, study_headline
 
 
 def _ci_cell(ci: Mapping, i: int | None = None, fmt: str = "{:.1f}", keys: Sequence[str] = ("mean", "lo", "hi")) -> str:
@@ -97,7 +97,7 @@ def render_study(st: Mapping, images: Mapping[str, bytes], views: Mapping | None
         rows = [(l, _ci(ci["cascade_token_mean"], dom, "cascade_token_mean", l, fmt="{:.3g}"),
                  _ci(ci["cascade_cls"], dom, "cascade_cls", l, fmt="{:.3g}"))
                 for l in range(len(ci["cascade_token_mean"]["mean"]))]  # fmt: skip
-        body += f"<h3>{_e(dom)}</h3>" + table(["layer", "token mean", "[CLS]"], rows, left=3)
+        body += f"<h3>{_e(dom)}</h3>" + table(["layer", "token mean", readout_word(st)], rows, left=3)
     sec.append(("cascade", "Activation delta over pairs", body))
     body = fig("study_probe", "Outcome probe per layer: grouped k-fold held-out accuracy and the shuffled-label "
                               "control, with 95% bootstrap CIs over pairs; right: transfer between domains.")
@@ -126,7 +126,8 @@ def render_study(st: Mapping, images: Mapping[str, bytes], views: Mapping | None
         rows = [(f"L{i // n_heads}H{i % n_heads}", _ci(hc, dom, "head_recovery", int(i) // n_heads, int(i) % n_heads),
                  "" if ratio is None else f"{ratio[i]:.2f}") for i in order]
         body += (f"<h3>{_e(dom)}: the 10 heads with the largest mean recovery</h3>" +
-                 table(["head", "recovery (%) mean [95% CI]", "[CLS] attention on the outcome region / uniform share"],
+                 table(["head", "recovery (%) mean [95% CI]",
+                        f"{readout_word(st)} attention on the outcome region / uniform share"],
                        rows, left=3))  # fmt: skip
     body += fig("study_scalars", "Region ablation and the clean - corrupt gap of the class logit, per pair.")
     rows = []

@@ -115,4 +115,11 @@ def study_headline(st: Mapping) -> list[str]:
     return lines
 
 
-__all__ = ["analysis_headline", "num", "pct", "strongest_direct_path", "study_headline"]
+def readout_word(res: Mapping) -> str:
+    """What a report calls the readout of the model behind `res` (its meta): "[CLS]" for a model that reads one
+    token (ViViT), "readout (token mean)" for one that reads the mean over tokens (VideoMAE)."""
+    readout = res.get("meta", {}).get("model", {}).get("readout")
+    return "readout (token mean)" if readout == "mean over tokens" else "[CLS]"
+
+
+__all__ = ["analysis_headline", "num", "pct", "readout_word", "strongest_direct_path", "study_headline"]
