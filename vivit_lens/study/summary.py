@@ -2,7 +2,7 @@
 
     lines = analysis_headline(res)     # res: analysis.analyze_pair(...) (or a saved results.json)
     lines = study_headline(st)         # st: analysis.study(...)
-    print("\n".join(lines))
+    text = "\n".join(lines)            # what the CLI writes to stderr under "summary:"
 """
 
 from __future__ import annotations
