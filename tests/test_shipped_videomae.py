@@ -107,3 +107,6 @@ def test_study_and_analyze_run_on_it_by_name(tmp_path):
     assert main(["analyze", "--model", "tiny_videomae", "--out", str(tmp_path / "a"), "--quiet"]) == 0
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert res["signal"]["positions"] == "readout" and np.isfinite(res["patching"]["attention"]).all()
+    page = (tmp_path / "a" / "report.html").read_text()  # the single-pair report and its views name it too
+    assert "readout (token mean) attention" in page and "[CLS] attention" not in page
+    assert '"readout":"readout (token mean)"' in page  # the views' data: the scrubber's and head map's labels

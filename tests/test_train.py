@@ -64,7 +64,7 @@ def test_cli_writes_an_hf_folder_with_the_same_logits(tmp_path):
                  "32", "--tubelet", "2", "16", "16", "--hidden", "32", "--layers", "2", "--heads", "2",
                  "--batch-size", "8", "--probe-pairs", "5", "--eval-every", "0", "--event-steps", "1", "--no-progress"]) == 0  # fmt: skip
     record = json.loads((out / "training.json").read_text())
-    assert record["steps"] == 2 and record["heldout_clips"] == 6 and record["command"].startswith("python -m")
+    assert record["steps"] == 2 and record["heldout_clips"] == 6 and record["command"].startswith("vivit-lens train --out")
     ours = HookedViViT.from_pretrained(out)
     hf = VivitForVideoClassification.from_pretrained(out).eval()
     assert [hf.config.id2label[i] for i in range(len(synthetic.LABELS))] == list(synthetic.LABELS)
@@ -166,5 +166,27 @@ def test_cli_errors_are_one_line_before_any_rendering(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "a"), "--steps", "0"]) == 2
     assert main(["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "none"), "--n-train", "10000000"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("python -m vivit_lens.train: error: ") for line in err), err
+    assert len(err) == 2 and all(line.startswith("vivit-lens train: error: ") for line in err), err
     assert "Traceback" not in "\n".join(err) and not (tmp_path / "a").exists()
+
+
+def test_cli_train_output_is_atomic(tmp_path, capsys, monkeypatch):
+    """`vivit-lens train`: a non-empty --out is refused before any rendering; a run that fails midway leaves
+    neither the folder nor a partial sibling behind."""
+    import vivit_lens.train as tr
+    from vivit_lens.study.cli import main as cli_main
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    assert cli_main(["train", "--out", str(full), "--steps", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and sorted(p.name for p in full.iterdir()) == ["keep.txt"]
+
+    def broken(tc, data=None):
+        raise ValueError("the training set (3 clips) is smaller than one batch (16)")
+
+    monkeypatch.setattr(tr, "train", broken)
+    assert cli_main(["train", "--out", str(tmp_path / "new"), "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vivit-lens train: error: the training set (3 clips) is smaller than one batch (16)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]

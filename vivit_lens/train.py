@@ -7,7 +7,7 @@ The model sees exactly what `video.preprocess` makes of the uint8 frames, and is
 folder (config.json, model.safetensors, preprocessor_config.json) plus `training.json`, the record
 of the run (command, seed, steps, wall time, accuracies, versions).
 
-    python -m vivit_lens.train --out vivit_lens/assets/tiny_vivit --seed 0   # the shipped model (defaults; ~21 min)
+    vivit-lens train --out my_model --seed 0               # a first stage (or: python -m vivit_lens.train ...)
     result = train(TrainConfig(steps=20, n_train=64))       # in Python: model, losses, accuracies
     x, y = heldout_clips(240)                               # clips from seeds no training set draws
 
@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -430,11 +429,12 @@ def training_record(tc: TrainConfig, result: TrainResult, command: str | None = 
     }
 
 
-def _parser() -> argparse.ArgumentParser:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The training options, one per `TrainConfig` field (the `vivit-lens train` command's)."""
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m vivit_lens.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder to write the HF model and training.json into")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out folder (only once the new model is complete)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("progress", "tubelet", "flip", "init_std", "init_from"):
             continue
@@ -442,36 +442,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tubelet", type=int, nargs=3, default=list(d.tubelet), metavar=("T", "H", "W"))
     p.add_argument("--init-std", type=float, default=None, help="weight init std (default: hidden ** -0.5)")
     p.add_argument("--init-from", default=None, metavar="FOLDER",
-                   help="start from the weights of a model this script wrote (a second training stage)")
+                   help="start from the weights of a model this command wrote (a second training stage)")
     p.add_argument("--no-flip", action="store_true", help="no left-right mirroring augmentation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def config_from_args(args: argparse.Namespace, progress: bool = True) -> TrainConfig:
+    """The `TrainConfig` of parsed `add_arguments` options (ValueError for bad settings)."""
     kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if f.name not in ("progress", "flip")}
     kwargs["tubelet"] = tuple(kwargs["tubelet"])
-    try:
-        tc = TrainConfig(**kwargs, flip=not args.no_flip, progress=not args.no_progress)
-        result = train(tc)
-    except (ValueError, FileNotFoundError) as e:  # bad settings or --init-from: one line, no traceback
-        print(f"python -m vivit_lens.train: error: {e}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    result.model.save_pretrained(args.out)
-    command = shlex.join(["python", "-m", "vivit_lens.train", *(sys.argv[1:] if argv is None else argv)])
+    if kwargs["init_from"] and not (Path(kwargs["init_from"]) / "training.json").is_file():
+        raise FileNotFoundError(f"--init-from {kwargs['init_from']}: no training.json there (not a folder this "
+                                "command wrote)")
+    return TrainConfig(**kwargs, flip=not args.no_flip, progress=progress)
+
+
+def write_run(folder: Path, tc: TrainConfig, result: TrainResult, command: str) -> None:
+    """The trained model as an HF folder, and its `training.json` (with every earlier stage's record)."""
+    result.model.save_pretrained(folder)
     record = training_record(tc, result, command)
     if tc.init_from:  # the whole recipe: the earlier stage's record, and the wall time of both
         earlier = json.loads((Path(tc.init_from) / "training.json").read_text())
         record["earlier_stages"] = [*earlier.pop("earlier_stages", []), earlier]
         record["total_wall_seconds"] = round(record["wall_seconds"] + sum(
             r["wall_seconds"] for r in record["earlier_stages"]), 1)
-    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    logger.info("wrote %s", args.out)
-    return 0
+    (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m vivit_lens.train ...` is `vivit-lens train ...`."""
+    from vivit_lens.study.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

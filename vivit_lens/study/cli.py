@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "would refuse as too large for the memory available; HF_HUB_OFFLINE=1 reads "
                                        "hub ids from the local Hugging Face cache only.")  # fmt: skip
     p.add_argument("--version", action="version", version=f"vivit-lens {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{analyze,study,compare}")
+    sub = p.add_subparsers(dest="command", metavar="{analyze,study,compare,train}")
     sub.required = True
 
     def common(q: argparse.ArgumentParser, out_default: str) -> None:
@@ -137,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="outputs, comma-separated from html, json, csv (default: html,json)")
     c.add_argument("--no-progress", action="store_true", help="accepted for symmetry; compare draws no bars")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    from vivit_lens import train
+
+    t = sub.add_parser("train", help="train a small ViViT or VideoMAE on the synthetic world",
+                       description=train.__doc__.split("\n\n")[0] + " Writes an HF folder (config.json, "
+                                   "model.safetensors, preprocessor_config.json) and training.json, the record of "
+                                   "the run; the folder appears only when training is done.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    train.add_arguments(t)
     return p
 
 
@@ -488,6 +496,37 @@ def cmd_compare(args, log) -> int:
     return EXIT_OK
 
 
+def cmd_train(args, log) -> int:
+    import shlex
+
+    from vivit_lens import train
+
+    t0 = time.perf_counter()
+    try:
+        tc = train.config_from_args(args, progress=args.progress)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    out = _output(args, tc.init_from)
+    run_log = logging.getLogger(train.__name__)
+    level = run_log.level
+    try:
+        if not args.quiet:  # the run's log: rendering, the loss every 25 steps, the evaluations
+            run_log.setLevel(logging.INFO)
+        try:
+            result = train.train(tc)
+        except ValueError as e:  # settings that only the data or the --init-from model can refute
+            raise UsageError(str(e)) from None
+        command = shlex.join(["vivit-lens", *args.argv])
+        train.write_run(out.tmp, tc, result, command)
+        out.commit()
+    finally:
+        out.discard()
+        run_log.setLevel(level)
+    log(f"summary:\n  held-out accuracy {result.heldout_accuracy}, train accuracy {result.train_accuracy:.4f}, "
+        f"{result.wall_seconds:.0f} s\nmodel:         {out.target}/\nwrote it in {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
+
+
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from vivit_lens import CheckpointError, CheckpointNotFoundError, InputError
     from vivit_lens.study.analysis import PairError
@@ -531,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.quiet:  # nothing but errors
                 warnings.simplefilter("ignore")
                 root.setLevel(logging.ERROR)
-            command = {"analyze": cmd_analyze, "study": cmd_study, "compare": cmd_compare}[args.command]
+            command = {"analyze": cmd_analyze, "study": cmd_study, "compare": cmd_compare,
+                       "train": cmd_train}[args.command]
             return command(args, log)
     except KeyboardInterrupt:
         print("vivit-lens: interrupted; nothing was written", file=sys.stderr)

@@ -12,6 +12,7 @@ significant digits. The script is `assets/report/report.js`, plain JavaScript wi
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import math
@@ -76,10 +77,11 @@ def colormap_lut(name: str, n: int = LUT_SIZE) -> list[list[int]]:
 
 
 def analysis_views(model, clean: torch.Tensor, corrupt: torch.Tensor, res: Mapping, processor=None) -> dict:
-    """The data of the analysis report's views: both clips' frames, [CLS] attention of every head, the
+    """The data of the analysis report's views: both clips' frames, readout attention of every head, the
     clean - corrupt residual delta per token after every block, DLA per token and the patching results."""
     from vivit_lens.study.analysis import display_frames
     from vivit_lens.interp.measure import cls_attention
+    from vivit_lens.study.summary import readout_word
 
     cfg = model.cfg
     with torch.no_grad():
@@ -92,7 +94,7 @@ def analysis_views(model, clean: torch.Tensor, corrupt: torch.Tensor, res: Mappi
     frames = {k: [image_uri(f) for f in display_frames(x, processor or model.processor)]
               for k, x in (("clean", clean), ("corrupt", corrupt))}  # fmt: skip
     return {
-        "kind": "analysis", "grid": list(cfg.grid_shape), "tubelet": list(cfg.tubelet_size),
+        "kind": "analysis", "readout": readout_word(res), "grid": list(cfg.grid_shape), "tubelet": list(cfg.tubelet_size),
         "image": list(cfg.image_size), "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "frames": frames,
         "attention": {"clean": quantized(attn[0], 2), "corrupt": quantized(attn[1], 2)},
         "delta": quantized(delta, 1), **_result_views(res),
@@ -194,10 +196,11 @@ svg text{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif}.vl-scrol
 """
 
 
-def views_html(parts: tuple[str, ...]) -> str:
-    """The markup of the views named in `parts` ("scrubber", "heads", "graph": analysis; "explorer": study)."""
+def views_html(parts: tuple[str, ...], readout: str = "[CLS]") -> str:
+    """The markup of the views named in `parts` ("scrubber", "heads", "graph": analysis; "explorer": study);
+    `readout` names the attention row shown (`summary.readout_word`: "[CLS]", or a VideoMAE's token mean)."""
     blocks = {"scrubber": SCRUBBER, "heads": HEADS, "graph": GRAPH, "explorer": EXPLORER}
-    return "".join(blocks[p] for p in parts)
+    return "".join(blocks[p] for p in parts).replace("[CLS] attention", f"{html.escape(readout)} attention")
 
 
 def data_and_script(views: Mapping, sections: list[str]) -> str:

@@ -209,6 +209,7 @@ def _paths_tables(pth: Mapping) -> str:
 def render_analysis(res: Mapping, images: Mapping[str, bytes], views: Mapping | None = None) -> str:
     """The HTML of a single-pair analysis; `views` (from `interactive.analysis_views`) adds the interactive views."""
     cls = res["class"]["label"]
+    rw = readout_word(res)  # "[CLS]" on ViViT, "readout (token mean)" on a mean-pooling VideoMAE
     meta = res.get("meta", {})
     sec: list[tuple[str, str, str]] = [
         ("summary", "Summary", citation_html("Reproduces, on one minimal pair, the analysis of") + _summary(res))]
@@ -217,11 +218,11 @@ def render_analysis(res: Mapping, images: Mapping[str, bytes], views: Mapping | 
         return figure(images[name], caption, name) if name in images else ""
 
     def view(part: str) -> str:
-        return interactive.views_html((part,)) if views else ""
+        return interactive.views_html((part,), rw) if views else ""
 
     if views:
         sec.append(("explore", "Explore the clips", "<p class='meta'>Move through the frames of both clips; the "
-                    "overlay shows, per token, the [CLS] attention of the head chosen (or clicked in the head map "
+                    f"overlay shows, per token, the {rw} attention of the head chosen (or clicked in the head map "
                     "below), the direct logit attribution, or the size of the clean - corrupt residual difference "
                     f"after a block. Cyan box: the outcome region ({_region_text(res['region'])}).</p>"
                     + view("scrubber")))  # fmt: skip
@@ -239,11 +240,11 @@ def render_analysis(res: Mapping, images: Mapping[str, bytes], views: Mapping | 
                  c["mlp_out"]["token_mean"][l]) for l in c["layers"]]  # fmt: skip
         sec.append(("cascade", "Activation delta per layer", fig(
             "delta_cascade", "L2 norm of act_clean - act_corrupt, per layer (Figure 1 of the paper).") + table(
-            ["layer", "resid_post, token mean", "resid_post, [CLS]", "attn_out, token mean", "mlp_out, token mean"],
+            ["layer", "resid_post, token mean", f"resid_post, {rw}", "attn_out, token mean", "mlp_out, token mean"],
             rows)))  # fmt: skip
     if "dla" in res:
         d = res["dla"]["tokens"]
-        body = fig("dla_tokens", f"Contribution of each source token to the '{cls}' logit through the heads' [CLS] "
+        body = fig("dla_tokens", f"Contribution of each source token to the '{cls}' logit through the heads' {rw} "
                                  f"outputs, on the frames: one panel per tubelet time, token rows x columns. Token "
                                  f"map total {d['total_clean']:.3f}, [CLS] itself {d['cls_self_clean']:.3f} "
                                  "(clean).")  # fmt: skip
@@ -254,16 +255,16 @@ def render_analysis(res: Mapping, images: Mapping[str, bytes], views: Mapping | 
         a = res["cls_attention"]
         rows = [(f"L{h['layer']}H{h['head']}", h["dla"], h["region_mass"], h["region_mass_corrupt"], h["max_weight"],
                  h["cls_self"], str(tuple(h["peak_thw"]))) for h in a["heads"]]  # fmt: skip
-        body = fig("cls_attention", "[CLS] attention per token, overlaid on the middle frame of each tubelet (every "
+        body = fig("cls_attention", f"{rw} attention per token, overlaid on the middle frame of each tubelet (every "
                                     "other head: 'Explore the clips' above).")  # fmt: skip
         body += table(["head", "DLA (logits)", "region mass", "region mass (corrupt)", "max weight", "on [CLS]",
                        "peak (t, row, col)"], rows)  # fmt: skip
         body += (f"<p class='meta'>Heads ranked by {_e(a['ranking'])}. Uniform attention would put "
                  f"{a['uniform_mass']:.1%} on the region.</p>")
         rows2 = [(f"L{r['layer']}H{r['head']}", r["mass"], str(tuple(r["peak"]))) for r in a["top_by_region_mass"]]
-        body += "<h3>Heads whose [CLS] attention falls most on the region</h3>" + table(
+        body += f"<h3>Heads whose {rw} attention falls most on the region</h3>" + table(
             ["head", "region mass", "peak (t, row, col)"], rows2)
-        sec.append(("attention", "[CLS] attention", body))
+        sec.append(("attention", f"{rw} attention", body))
     if "ablation" in res:
         ab = res["ablation"]
         body = fig("ablation", "Logits of the clean clip's top classes before and after ablating the region.")
@@ -287,7 +288,7 @@ def render_analysis(res: Mapping, images: Mapping[str, bytes], views: Mapping | 
                  + (f" The 'norm' columns: {_e(norm)}" if norm else "") + "</p>")  # fmt: skip
         if "heads" in p:
             body += ("<h3>Per head</h3><p class='meta'>Recovery when one head's output (hook_z, every position) is "
-                     "patched. Hover a cell for its value; click it to see that head's [CLS] attention on the "
+                     f"patched. Hover a cell for its value; click it to see that head's {rw} attention on the "
                      "frames.</p>" + (view("heads") or fig("head_patching", "Per-head recovery.")))  # fmt: skip
             if views:
                 body += fig("head_patching", "The same map as a figure (figures/head_patching.png).")

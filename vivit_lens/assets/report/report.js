@@ -9,6 +9,7 @@
   console.error = function (...args) { errors.push(args.map(String).join(" ")); consoleError.apply(console, args); };
 
   const D = JSON.parse(document.getElementById("vl-data").textContent);
+  const READOUT = D.readout || "[CLS]";  // the attention row shown: [CLS], or a mean-pooling model's token mean
   const $ = (id) => document.getElementById(id);
   const SVG = "http://www.w3.org/2000/svg";
   const fmt = (v, d = 3) => (v === null || v === undefined || !isFinite(v)) ? "n/a" :
@@ -63,7 +64,7 @@
       if (o.overlay === "attention") {
         const q = att[k], m = o.layer * NH + o.head, s = q.scale[m] / 255, base = m * per + t * Hg * Wg;
         for (let r = 0; r < Hg; r++) { vals.push([]); for (let c = 0; c < Wg; c++) vals[r].push(q.codes[base + r * Wg + c] * s); }
-        return { vals, kind: "seq", max: q.scale[m], label: `[CLS] attention weight, L${o.layer}H${o.head} (0 to ${fmt(q.scale[m])})` };
+        return { vals, kind: "seq", max: q.scale[m], label: `${READOUT} attention weight, L${o.layer}H${o.head} (0 to ${fmt(q.scale[m])})` };
       }
       if (o.overlay === "delta") {
         const s = delta.scale[o.layer] / 255, base = o.layer * per + t * Hg * Wg;
@@ -150,7 +151,7 @@
       timer = setInterval(() => { state.frame = (state.frame + 1) % nFrames; fr.value = state.frame; drawScrubber(); }, 250);
     });
 
-    // the selected head's [CLS] attention on the middle frame of every tubelet (clean clip)
+    // the selected head's readout attention on the middle frame of every tubelet (clean clip)
     function drawHeadFrames() {
       const box = $("vl-head-frames"); box.textContent = "";
       const o = { ...state, overlay: "attention" };
@@ -161,7 +162,7 @@
         box.appendChild(c);
       }
       const q = att.clean, m = state.layer * NH + state.head;
-      $("vl-head-title").textContent = `L${state.layer}H${state.head}: [CLS] attention on the clean clip, one frame per tubelet time (colour 0 to ${fmt(q.scale[m])}; cyan: outcome region)`;
+      $("vl-head-title").textContent = `L${state.layer}H${state.head}: ${READOUT} attention on the clean clip, one frame per tubelet time (colour 0 to ${fmt(q.scale[m])}; cyan: outcome region)`;
     }
 
     function selectHead(l, h) {
