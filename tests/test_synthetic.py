@@ -196,13 +196,26 @@ def test_event_setting_moves_event_scenes_only_and_keeps_the_pair_property(event
 
 
 def test_event_setting_puts_skittles_on_a_bowling_lane():
-    """With event_setting 1 every skittles scene is laid out as bowling's (gutters, lane, pit, foul line: 4 shapes);
-    with 0, on a bare floor (floor and skirting board: 2)."""
+    """With event_setting 1 every skittles scene is laid out as bowling's but without gutters (lane, pit, foul line:
+    3 shapes, against bowling's 4); with 0, on a bare floor (floor and skirting board: 2)."""
     t = synthetic._Time(16, 64, 64, 5, np.arange(16) / 15, 4 / 15)
     for seed in range(20):
-        assert len(synthetic._SCENES["skittles"](np.random.default_rng(seed), t, 1.0).layout) == 4
+        assert len(synthetic._SCENES["skittles"](np.random.default_rng(seed), t, 1.0).layout) == 3
         assert len(synthetic._SCENES["skittles"](np.random.default_rng(seed), t, 0.0).layout) == 2
         assert len(synthetic._SCENES["bowling"](np.random.default_rng(seed), t).layout) == 4
+
+
+def test_skittles_on_a_lane_are_hit_by_a_plank_not_a_ball():
+    """On a lane, what tells skittles from bowling is the hitter: a plank 4.8 ball radii wide and 1.2 deep (two
+    tokens wide at 64 px), where bowling rolls a disc and skittles on a floor push a small block."""
+    t = synthetic._Time(16, 64, 64, 5, np.arange(16) / 15, 4 / 15)
+    for seed in range(20):
+        for setting, kind in ((1.0, "plank"), (0.0, "block")):
+            hitter = synthetic._SCENES["skittles"](np.random.default_rng(seed), t, setting).build("toppled")[-1]
+            hh, hw = hitter.params[2:4, 0]
+            assert hitter.kind == "rect" and (hw / hh > 3.9 if kind == "plank" else hw / hh < 1.5), (seed, setting)
+        ball = synthetic._SCENES["bowling"](np.random.default_rng(seed), t).build("strike")[-1]
+        assert ball.kind == "disc"
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])

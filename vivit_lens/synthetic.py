@@ -295,9 +295,9 @@ def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True, event_settin
     spin = rng.uniform(-0.7, 0.7, len(pins))
     fly, fade = rng.uniform(0.2, 0.5, len(pins)), rng.uniform(0.12, 0.25)
 
-    if on_lane:
-        layout = [_spr("rect", gut_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw + 2 * gut_hw),
-                  _spr("rect", lane_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw),
+    if on_lane:  # skittles on a lane (event_setting): bowling's lane, pit and foul line, but no gutters
+        layout = [_spr("rect", gut_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw + 2 * gut_hw)] if lane else []
+        layout += [_spr("rect", lane_c, (top + bot) / 2, cx, (bot - top) / 2, lane_hw),
                   _spr("rect", pit_c, top / 2, cx, top / 2, lane_hw + 2 * gut_hw),
                   _spr("rect", pit_c, bot - h * 0.12, cx, max(0.4, s * 0.006), lane_hw)]  # foul line
     else:  # a floor from wall to wall, a skirting board at the back
@@ -333,8 +333,12 @@ def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True, event_settin
         sprites = [_spr("capsule", pin_c, t.branch(pins[i, 0], py[i]), t.branch(pins[i, 1], px[i]),
                         t.branch(pins[i, 0], ey[i]), t.branch(pins[i, 1], ex[i]), r_pin,
                         alpha=t.branch(1.0, pa[i]), n=n) for i in range(len(pins))]
-        hitter = (_spr("disc", ball_c, by, bx, r_ball, alpha=ball_alpha, n=n) if lane else
-                  _spr("rect", ball_c, by, bx, 0.9 * r_ball, 1.3 * r_ball, alpha=ball_alpha, n=n))
+        if lane:
+            hitter = _spr("disc", ball_c, by, bx, r_ball, alpha=ball_alpha, n=n)
+        elif on_lane:  # on a lane, a plank several tokens wide: what tells skittles from bowling there
+            hitter = _spr("rect", ball_c, by, bx, 0.6 * r_ball, 2.4 * r_ball, alpha=ball_alpha, n=n)
+        else:
+            hitter = _spr("rect", ball_c, by, bx, 0.9 * r_ball, 1.3 * r_ball, alpha=ball_alpha, n=n)
         return sprites + [hitter]
 
     return _Scene(bg, layout, build)
