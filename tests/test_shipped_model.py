@@ -51,8 +51,8 @@ def test_training_record(model, record):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "target not reached as recorded: the two stages took 4024 s of wall time with three other jobs on the machine's 2 "
-    "cores (1867 s + 2157 s); the same recipe took 2708 s on the quiet machine for the previous model"))
+    "target not reached as recorded: the four stages took 5003 s of wall time (1867 s + 2157 s with three other jobs on "
+    "the machine's 2 cores, then 827 s + 152 s on the quiet machine); the first two took 2708 s quiet for an earlier model"))
 def test_training_fits_in_an_hour(record):
     assert record.get("total_wall_seconds", record["wall_seconds"]) <= 60 * 60  # every stage of the recipe
 
@@ -65,7 +65,7 @@ def test_heldout_accuracy_on_freshly_generated_clips(model):
     per_class = {synthetic.LABELS[c]: float((top[y == c] == c).double().mean()) for c in np.unique(y)}
     print(f"\nshipped model: held-out accuracy {accuracy:.4f} ({FRESH_CLIPS} fresh clips), cross-entropy {loss:.4f}; "
           f"per class {per_class}")
-    assert accuracy >= 0.85  # all ten classes; measured 0.979, the skittles classes lowest (0.92-0.96)
+    assert accuracy >= 0.85  # all ten classes; measured 0.971, the skittles and marble classes lowest (0.83-0.96)
     assert all(per_class[a] >= 0.95 for a in synthetic.ACTIONS if a not in synthetic.EVENT_SCENES), per_class
 
 
@@ -146,26 +146,27 @@ def test_the_outcome_is_hidden_from_the_label(model, outcome_runs, action):
     same = float((top[0::2] == top[1::2]).double().mean())
     accuracy = float((top == model.label_id(action)).double().mean())
     print(f"\n{action}: same top-1 on {same:.3f} of {OUTCOME_PAIRS} pairs, action accuracy {accuracy:.3f}")
-    assert same >= 0.9 and accuracy >= 0.9
+    assert same >= 0.95 and accuracy >= 0.95  # issue 10's target; measured 1.000 on both (the third stage alone: 0.87)
 
 
 @pytest.mark.parametrize("action", [
     "bowling",
     pytest.param("golf_putt", marks=pytest.mark.xfail(strict=True, reason=(
-        "target not reached: the shipped model reads the golf outcome at 0.57 [0.54, 0.59] (200 pairs): it tells sunk "
-        "from passed marbles (0.97-1.00), but what sees that does not fire inside golf clips"))),
+        "target not reached: the shipped model reads the golf outcome at 0.58 [0.55, 0.60] (200 pairs): it tells sunk "
+        "from passed marbles (0.92-1.00), but what sees that does not fire inside golf clips"))),
 ])
 def test_the_outcome_is_present_in_the_cls_residual(outcome_runs, action):
     """Grouped 5-fold probes over fresh pairs. The model before the outcome world never computed the outcome
-    (0.48-0.58 on 100 pairs); this one reads the bowling outcome at 0.64 [0.60, 0.67] on 200 pairs, the previous
-    model of the same recipe at 0.74 [0.71, 0.78] (issue 10's target is 0.85: not reached)."""
+    (0.48-0.58 on 100 pairs), the two-stage model read the bowling outcome at 0.64 [0.60, 0.67] (200 pairs); this
+    one, after the third and fourth stages, at 0.85 [0.82, 0.88] on 200 pairs (issue 10's target 0.85: at it within
+    the CI, 0.002 below it as a point estimate) and 0.875 on these 100. 0.8 fails every earlier model."""
     acts, _ = outcome_runs[action]
     labels, groups = torch.tensor([1, 0] * OUTCOME_PAIRS), torch.arange(OUTCOME_PAIRS).repeat_interleave(2)
     recs = grouped_cv_probes(acts, labels, groups, k=5, n_boot=500)
     best = max(recs, key=lambda r: r["test"])
     print(f"\n{action}: outcome probe by layer {[round(r['test'], 3) for r in recs]}, control at the best layer "
           f"{best['control']:.3f}")
-    assert best["test"] >= 0.65 and best["control"] <= 0.6
+    assert best["test"] >= 0.8 and best["control"] <= 0.6
 
 
 def _cls_attention_on_region(model, action: str) -> tuple[torch.Tensor, float]:

@@ -40,15 +40,16 @@ def test_architecture_and_size(model):
 
 
 def test_the_recipe_is_the_vivits(record):
-    """Every stage of the VideoMAE's training has the ViViT's settings, but the architecture."""
+    """Both stages of the VideoMAE's training have the settings of the ViViT's first two, but the architecture (the
+    ViViT's third and fourth stages, lanes and the change map, were not run on the VideoMAE)."""
     vivit = json.loads((assets.tiny_model_path() / "training.json").read_text())
 
     def stages(r):
         return [s["train_config"] for s in [*r.get("earlier_stages", []), r]]
 
     ours, theirs = stages(record), stages(vivit)
-    assert len(ours) == len(theirs) == 2
-    for a, b in zip(ours, theirs):
+    assert len(ours) == 2 and len(theirs) == 4
+    for a, b in zip(ours, theirs[:2]):
         assert a["arch"] == "videomae" and b.get("arch", "vivit") == "vivit"
         skip = {"arch", "init_from", "change_weight", "change_cell", "event_setting", "threads"}
         assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}

@@ -59,9 +59,10 @@ EVENT_ZOOM = (1.0, 2.0)
 # lane, a marble on a striped green, with no club), so that what detects the event there is what sees it in a
 # bowling or golf clip; with event_setting > 0, half of all event clips are also drawn at exactly the actions'
 # size, and a marble rolls slowly enough to be still on its way down halfway through the time left. 0 (the
-# default) is the world of bare floors and tables at 1-2x, byte for byte, the one the shipped model was trained
-# on. Measured (benchmarks/RESULTS.md): a third training stage at 0.5 raised the bowling probe but made strikes
-# look like toppled skittles to the classifier, so the outcome reached the top-1 class; the option stays off.
+# default) is the world of bare floors and tables at 1-2x, byte for byte, the one of the shipped model's stages 1,
+# 2 and 4. Skittles on a lane have no gutters and are pushed by a plank, so that they can be told from bowling.
+# Measured (benchmarks/RESULTS.md): its third stage, at 0.5, raised the bowling probe but made strikes look like
+# toppled skittles to the classifier; the fourth, back at 0, took that confusion away and kept the probe.
 # Where in the clip (fraction of its length) the outcome is decided: early enough that the outcome stays on screen
 # for most of the clip (with the outcome decided at 40-60%, a small ViViT did not learn to see it in our budget).
 DECISIVE = (0.25, 0.4)
