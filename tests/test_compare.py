@@ -86,3 +86,25 @@ def test_studies_without_a_shared_domain_or_with_an_analyze_result_are_refused(f
     (tmp_path / "an" / "results.json").write_text(json.dumps({"top5": []}))
     with pytest.raises(StudyFolderError, match="analyze"):
         load_study(tmp_path / "an")
+
+
+def test_findings_words_follow_the_numbers():
+    """The findings say 'hidden' / 'present' only when the figures say so: the same top-1 on >= 95% of pairs, a
+    probe whose CI lies above chance and that reads >= 0.7; otherwise they say the opposite, or 'weakly'."""
+    from vivit_lens.study.results import findings_lines
+
+    def record(same, test, lo):
+        best = {"test": test, "test_lo": lo, "test_hi": test + 0.03, "control": 0.5}
+        causal = {"n_pairs": 10, "attention_recovery_by_layer": [[1.0, 0.0, 2.0]], "mlp_recovery_by_layer": [[1.0, 0.0, 2.0]],
+                  "strongest_head": {"layer": 0, "head": 0, "recovery": [1.0, 0.0, 2.0]},
+                  "head_most_on_region": {"layer": 0, "head": 0, "mass_over_uniform": [1.0, 0.9, 1.1]}}
+        hidden = {"same_top1_fraction": same, "same_top1_ci": [same, same], "n_pairs": 10, "action": "a",
+                  "action_accuracy": 1.0}
+        return {"domains": {"a": {"hidden": hidden, "present": {"best": best, "best_layer": 0, "k": 5, "n_pairs": 10},
+                                  "causal": causal}}}
+
+    assert "hidden from the label" in findings_lines(record(0.95, 0.85, 0.81))[0]
+    assert "not hidden from the label" in findings_lines(record(0.90, 0.85, 0.81))[0]
+    assert "and present in the [CLS]" in findings_lines(record(1.0, 0.85, 0.81))[0]
+    assert "only weakly present in the [CLS]" in findings_lines(record(1.0, 0.575, 0.55))[0]
+    assert "not found in the [CLS]" in findings_lines(record(1.0, 0.53, 0.49))[0]

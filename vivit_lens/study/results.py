@@ -121,6 +121,21 @@ def model_findings(model_name: str | Path | None) -> dict | None:
         return None
 
 
+HIDDEN_AT = 0.95  # the share of pairs with the same top-1 on both clips from which an outcome counts as hidden
+PRESENT_AT = 0.7  # probe accuracy from which an outcome counts as present (with its CI above chance)
+
+
+def _hidden_word(h: Mapping) -> str:
+    return "hidden from" if h["same_top1_fraction"] >= HIDDEN_AT else "not hidden from"
+
+
+def _present_word(b: Mapping) -> str:
+    """How a probe's held-out accuracy reads: absent (CI reaches chance), weakly present, or present."""
+    if b["test_lo"] <= 0.5:
+        return "not found in"
+    return "present in" if b["test"] >= PRESENT_AT else "only weakly present in"
+
+
 def findings_lines(f: Mapping, readout: str = "[CLS]") -> list[str]:
     """Plain-text sentences for a `model_findings` record (the measured hidden / present / transfer / causal);
     `readout` names where the model reads (`summary.readout_word`)."""
@@ -128,10 +143,10 @@ def findings_lines(f: Mapping, readout: str = "[CLS]") -> list[str]:
     for dom, d in f.get("domains", {}).items():
         h, p, c = d["hidden"], d["present"], d["causal"]
         b = p["best"]
-        lines.append(f"{dom}: the outcome is hidden from the label (same top-1 on both clips of "
+        lines.append(f"{dom}: the outcome is {_hidden_word(h)} the label (same top-1 on both clips of "
                      f"{h['same_top1_fraction']:.1%} of {h['n_pairs']} pairs, 95% CI [{h['same_top1_ci'][0]:.1%}, "
                      f"{h['same_top1_ci'][1]:.1%}]; top-1 = {h.get('action', '?')} on {h.get('action_accuracy', float('nan')):.1%}) "
-                     f"and present in the {readout}: a linear probe reads it at {b['test']:.2f} [{b['test_lo']:.2f}, "
+                     f"and {_present_word(b)} the {readout}: a linear probe reads it at {b['test']:.2f} [{b['test_lo']:.2f}, "
                      f"{b['test_hi']:.2f}] held-out accuracy at layer {p['best_layer']} (grouped {p['k']}-fold over "
                      f"{p['n_pairs']} pairs; shuffled-label control {b['control']:.2f}).")
         att = [v[0] for v in c["attention_recovery_by_layer"]]
