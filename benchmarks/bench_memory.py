@@ -12,7 +12,9 @@ medians are compared. Scenarios:
 - `reference`: the same node attributions the straightforward way (TransformerLens' `run_with_cache` of the
   clean run, then of the corrupt run with `incl_bwd=True`, then `(clean - corrupt) * grad`);
 - `previous`: the implementation before this change, read from git (`--previous REV`; skipped without git);
-- `cache`: `run_with_cache` of every resid_pre / resid_mid / resid_post / attn_out / mlp_out / z.
+- `cache`: `run_with_cache` of every resid_pre / resid_mid / resid_post / attn_out / mlp_out / z;
+- `NAME_kept` (e.g. `cache_kept`): NAME in a process where `memory.keep_freed_memory()` has run, as in the
+  `vivit-lens` command (glibc keeps freed blocks for the next run instead of faulting fresh pages in).
 The attributions of `attribution` and `reference` are compared (max |difference| of the [layer pos head] map).
 Prints ratios; never asserts on time.
 """
@@ -97,6 +99,12 @@ def run_scenario(name: str, frames: int, reps: int, out: str, previous: str) -> 
     from vivit_lens.metrics import Logit
 
     torch.set_num_threads(2)
+    label, name = name, name.removesuffix("_kept")
+    if label != name:  # "<scenario>_kept": the same with glibc keeping freed memory (what vivit-lens does)
+        from vivit_lens.interp.memory import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("keep_freed_memory: no glibc here")
     model, clean, corrupt = build(frames)
     if name == "attribution":
         fn = lambda: attribution_patch(model, clean, corrupt, Logit(LABEL)).head_out_by_pos  # noqa: E731
@@ -121,7 +129,7 @@ def run_scenario(name: str, frames: int, reps: int, out: str, previous: str) -> 
         t = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - t)
-    rec = {"scenario": name, "frames": frames, "forward_s": fwd, "scenario_s": times,
+    rec = {"scenario": label, "frames": frames, "forward_s": fwd, "scenario_s": times,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # fmt: skip
     if name in ("attribution", "reference", "previous"):
         torch.save(result.detach(), out + ".pt")
@@ -132,7 +140,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=32, help="input frames (32: full ViViT-B, 3137 tokens)")
     p.add_argument("--reps", type=int, default=5, help="interleaved runs of each scenario and the forward")
-    p.add_argument("--scenarios", default="attribution,reference,previous,cache")
+    p.add_argument("--scenarios", default="attribution,reference,previous,cache,cache_kept",
+                   help="comma-separated; NAME_kept runs NAME with memory.keep_freed_memory() (as the CLI does)")
     p.add_argument("--previous", default=PREVIOUS, help="git revision of the previous attribution implementation")
     p.add_argument("--json", default=None, help="also write every record to this file")
     p.add_argument("--run", default=None, help=argparse.SUPPRESS)  # internal: one scenario in this process

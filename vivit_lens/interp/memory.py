@@ -198,5 +198,33 @@ def guard_attribution(model, x: Tensor, names: Sequence[str]) -> None:
     check(need, "attribution_patch", _model_device(model), advice)
 
 
-__all__ = ["ENV_OVERRIDE", "MemoryGuardError", "activation_numel", "available_bytes", "cache_bytes", "check",
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(mmap_threshold: int = 32 * 2**20) -> bool:
+    """Let glibc keep freed memory for reuse instead of handing it back to the OS: blocks up to
+    `mmap_threshold` bytes come from the heap, and the heap is never trimmed.
+
+    Every cache or patching run holds activations that the next run frees and allocates again; by default
+    glibc returns blocks of a few MB to the OS on free, so each run faults fresh pages in (and zeroes them).
+    On ViViT-B that made `run_with_cache` of resid / attn_out / mlp_out / z 1.27x a plain forward, 1.06x with
+    this (`benchmarks/RESULTS.md`). Process-wide: the memory stays with the process until it exits. The
+    `vivit-lens` command calls it; a library does not change its host's allocator unasked. Returns False where
+    there is no glibc (macOS, Windows, musl), where it does nothing.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    # 2**31 - 1: the largest trim threshold an int takes; a heap top of 2 GiB free stays before any trim.
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+__all__ = ["ENV_OVERRIDE", "MemoryGuardError", "activation_numel", "available_bytes", "cache_bytes", "check", "keep_freed_memory",
            "forward_bytes", "guard_attribution", "guard_cache", "guard_patching"]  # fmt: skip

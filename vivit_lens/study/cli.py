@@ -562,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
+    from vivit_lens.interp.memory import keep_freed_memory
+
+    keep_freed_memory()  # each cache / patching run reuses the last one's memory (faster on glibc: RESULTS.md)
     bad = _bad_input_types()
     root = logging.getLogger()
     level = root.level
