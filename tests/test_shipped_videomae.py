@@ -40,20 +40,19 @@ def test_architecture_and_size(model):
 
 
 def test_the_recipe_is_the_vivits(record):
-    """Both stages of the VideoMAE's training have the settings of the ViViT's first two, but the architecture (the
-    ViViT's third and fourth stages, lanes and the change map, were not run on the VideoMAE)."""
+    """Every stage of the VideoMAE's training has the ViViT's settings, but the architecture (and the thread count)."""
     vivit = json.loads((assets.tiny_model_path() / "training.json").read_text())
 
     def stages(r):
         return [s["train_config"] for s in [*r.get("earlier_stages", []), r]]
 
     ours, theirs = stages(record), stages(vivit)
-    assert len(ours) == 2 and len(theirs) == 4
-    for a, b in zip(ours, theirs[:2]):
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs):
         assert a["arch"] == "videomae" and b.get("arch", "vivit") == "vivit"
         skip = {"arch", "init_from", "change_weight", "change_cell", "event_setting", "threads"}
         assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
-        assert a["change_weight"] == 0 and a["event_setting"] == 0  # the options the ViViT's run did not have: off
+        assert (a["change_weight"], a["event_setting"]) == (b.get("change_weight", 0), b.get("event_setting", 0))
     assert record["heldout_accuracy"] >= 0.85
 
 
@@ -87,7 +86,40 @@ def test_the_outcome_is_hidden_from_the_label(model, action):
     same = float((top[0::2] == top[1::2]).double().mean())
     accuracy = float((top == model.label_id(action)).double().mean())
     print(f"\n{action}: same top-1 on {same:.3f} of {HIDDEN_PAIRS} pairs, action accuracy {accuracy:.3f}")
-    assert same >= 0.9 and accuracy >= 0.9
+    assert same >= 0.95 and accuracy >= 0.95  # issue 10's target; measured 1.000 on both
+
+
+PROBE_PAIRS = 100  # per domain, fresh
+
+
+@pytest.mark.parametrize("action", [
+    "bowling",
+    pytest.param("golf_putt", marks=pytest.mark.xfail(strict=True, reason=(
+        "target not reached: the shipped VideoMAE reads the golf outcome at 0.59 [0.56, 0.62] (200 pairs)"))),
+])
+def test_the_outcome_is_present_in_the_token_mean(model, action):
+    """Grouped 5-fold probes on the mean over tokens after every block (what the VideoMAE's classifier reads), taken
+    with plain forward hooks. The two-stage VideoMAE read the bowling outcome at 0.74 [0.71, 0.78] (200 pairs), this
+    one at 0.88 [0.85, 0.91]: 0.8 fails the earlier model."""
+    from vivit_lens.probes import grouped_cv_probes
+
+    pairs = analysis.generate_pairs(model, action, PROBE_PAIRS, seed=OUTCOME_SEED)
+    grabbed: dict[int, list[torch.Tensor]] = {l: [] for l in range(len(model.blocks))}
+    handles = [block.register_forward_hook(lambda m, i, o, l=l: grabbed[l].append(o.mean(1)))
+               for l, block in enumerate(model.blocks)]
+    try:
+        with torch.no_grad():
+            for p in pairs:
+                model(torch.cat([p.clean, p.corrupt]))
+    finally:
+        for h in handles:
+            h.remove()
+    acts = torch.stack([torch.cat(grabbed[l]) for l in range(len(model.blocks))])
+    labels, groups = torch.tensor([1, 0] * PROBE_PAIRS), torch.arange(PROBE_PAIRS).repeat_interleave(2)
+    recs = grouped_cv_probes(acts, labels, groups, k=5, n_boot=500)
+    best = max(recs, key=lambda r: r["test"])
+    print(f"\n{action}: outcome probe by layer {[round(r['test'], 3) for r in recs]}, control {best['control']:.3f}")
+    assert best["test"] >= 0.8 and best["control"] <= 0.6
 
 
 def test_measurement_pairs_never_reuse_a_training_scene(record):
