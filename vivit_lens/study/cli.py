@@ -119,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run the pairs and probe forwards on N Ray workers of a local Ray cluster, started and stopped "
                         "here, one model replica each (one GPU each when there are GPUs); needs pip install "
-                        "'vivit_lens[distributed]'; results are the serial run's")  # fmt: skip
+                        "'vivit_lens[distributed]'; results are the serial run's (bit for bit at the workers' thread "
+                        "count, to float32 rounding at another)")  # fmt: skip
     s.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="use the existing Ray cluster at ADDR (HOST:PORT or auto) instead of a local one; --workers "
                         "then defaults to its GPUs, or else its CPUs")  # fmt: skip
