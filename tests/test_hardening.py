@@ -553,3 +553,27 @@ def test_a_nan_metric_is_reported_not_propagated(small_model):
 
     with pytest.raises(ValueError, match="NaN or inf"):
         get_act_patch_attn_head_out_all_pos(small_model, corrupt, cache, metric, progress=False)
+
+
+def test_sigterm_leaves_nothing_half_written(tmp_path):
+    """`kill` / `timeout` send SIGTERM, not Ctrl-C: the command still unwinds, removes its temporary folder and
+    exits 143 with one line, in a real subprocess killed while it renders its training clips."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "model"
+    proc = subprocess.Popen([sys.executable, "-m", "vivit_lens.train", "--out", str(out), "--n-train", "100000",
+                             "--no-progress", "--quiet"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".model.partial-*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(tmp_path.glob(".model.partial-*")), "the run never started"
+        time.sleep(1.0)  # inside the rendering
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "vivit-lens: terminated; nothing was written"
+    assert list(tmp_path.iterdir()) == []

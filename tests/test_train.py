@@ -157,6 +157,11 @@ def test_bad_settings_are_refused():
         TrainConfig(change_weight=1.0, change_cell=7)
     with pytest.raises(ValueError, match="event_setting"):
         TrainConfig(event_setting=2.0)
+    for bad, match in (({"lr": -1.0}, "lr must be > 0"), ({"lr": float("nan")}, "lr must be > 0"),
+                       ({"min_lr": 1.0}, "min_lr in"), ({"warmup": -3}, "warmup"), ({"threads": 0}, "threads"),
+                       ({"probe_pairs": 3}, "probe_pairs"), ({"n_eval": -1}, "n_eval")):
+        with pytest.raises(ValueError, match=match):  # before any rendering: AdamW would refuse lr < 0 only later
+            TrainConfig(**bad)
     with pytest.raises(ValueError, match="smaller than one batch"):
         train(TrainConfig(steps=1, **{**TINY, "batch_size": 64}), data=synthetic.dataset(6, seed=0, frames=8, size=32))
 

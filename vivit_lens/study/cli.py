@@ -10,7 +10,8 @@ Figure 1 (the activation-delta cascade) are what the reports reproduce.
     vivit-lens study --model tiny_videomae --out study_mae           # the same on the shipped VideoMAE
     vivit-lens compare vivit_lens_study study_mae        # the two studies side by side -> ./vivit_lens_compare/
 
-Exit codes: 0 done, 2 bad input (a one-line message on stderr, no traceback), 1 an unexpected error.
+Exit codes: 0 done, 2 bad input (a one-line message on stderr, no traceback), 1 an unexpected error, 130
+Ctrl-C and 143 SIGTERM (both leave no output behind).
 The work is done by `vivit_lens.analysis` (numbers) and `vivit_lens.report` (files). Outputs are complete or
 absent: they are written into a temporary folder beside `--out` and moved into place when finished; a
 non-empty `--out` is replaced only with `--overwrite`, and only then. Progress bars go to stderr when it is a
@@ -22,9 +23,12 @@ computing them) is turned off with VIVIT_LENS_NO_MEMORY_GUARD=1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -38,6 +42,28 @@ DEFAULT_PAIRS = 20
 
 class UsageError(ValueError):
     """Bad command-line input: reported as one line, exit code 2."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (`kill`, `timeout`, a batch scheduler): raised in the main thread so that every `finally` runs and
+    the temporary output folder is removed, as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises `Terminated` inside the block (main thread only; elsewhere signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -570,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     root = logging.getLogger()
     level = root.level
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_unwinds():
             if args.quiet:  # nothing but errors
                 warnings.simplefilter("ignore")
                 root.setLevel(logging.ERROR)
@@ -580,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vivit-lens: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("vivit-lens: terminated; nothing was written", file=sys.stderr)
+        return 143
     except Exception as e:  # noqa: BLE001 - the boundary between the library and the shell
         if isinstance(e, bad):
             print(f"vivit-lens {args.command}: error: {one_line(e)}", file=sys.stderr)
