@@ -207,8 +207,8 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20) -> bool:
 
     Every cache or patching run holds activations that the next run frees and allocates again; by default
     glibc returns blocks of a few MB to the OS on free, so each run faults fresh pages in (and zeroes them).
-    On ViViT-B that made `run_with_cache` of resid / attn_out / mlp_out / z 1.27x a plain forward, 1.06x with
-    this (`benchmarks/RESULTS.md`). Process-wide: the memory stays with the process until it exits. The
+    On ViViT-B that made `run_with_cache` of resid / attn_out / mlp_out / z 1.29x a plain forward, 1.00x with
+    this (medians of 9, one side-by-side run: `bench_memory.py --scenarios cache,cache_kept`, RESULTS.md). Process-wide: the memory stays with the process until it exits. The
     `vivit-lens` command calls it; a library does not change its host's allocator unasked. Returns False where
     there is no glibc (macOS, Windows, musl), where it does nothing.
     """
