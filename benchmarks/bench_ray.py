@@ -52,19 +52,19 @@ def main() -> None:
     finally:
         torch.set_num_threads(threads)
     same = json.dumps(serial_same_threads, sort_keys=True) == json.dumps(distributed, sort_keys=True)
-    same_threads_as_serial = json.dumps(serial, sort_keys=True) == json.dumps(distributed, sort_keys=True)
+    same_as_timed = json.dumps(serial, sort_keys=True) == json.dumps(distributed, sort_keys=True)
     n = a.pairs
     rec = {"pairs": n, "workers": a.workers, "threads_serial": torch.get_num_threads(), "serial_s": t_serial,
            "ray_s": t_ray, "ray_start_s": t_start, "ray_stop_s": t_stop,
            "pairs_per_min_serial": 60 * n / t_serial, "pairs_per_min_ray": 60 * n / t_ray,
            "pairs_per_min_ray_incl_start_stop": 60 * n / (t_ray + t_start + t_stop),
-           "identical_to_serial_at_worker_threads": same, "identical_to_serial_timed": same_threads_as_serial}  # fmt: skip
+           "identical_to_serial_at_worker_threads": same, "identical_to_serial_timed": same_as_timed}  # fmt: skip
     print(f"{n} pairs: serial {t_serial:.1f} s ({rec['pairs_per_min_serial']:.1f} pairs/min); {a.workers} Ray workers "
           f"{t_ray:.1f} s ({rec['pairs_per_min_ray']:.1f} pairs/min), cluster start {t_start:.1f} s and stop "
           f"{t_stop:.1f} s ({rec['pairs_per_min_ray_incl_start_stop']:.1f} pairs/min with them); speed-up "
           f"{t_serial / t_ray:.2f}x ({t_serial / (t_ray + t_start + t_stop):.2f}x with start and stop); results "
           f"identical to a serial run at the workers' thread count: {same}; to the timed serial run "
-          f"({torch.get_num_threads()} threads): {same_threads_as_serial}")  # fmt: skip
+          f"({torch.get_num_threads()} threads): {same_as_timed}")  # fmt: skip
     if a.json:
         from vivit_lens.atomic import write_text
 

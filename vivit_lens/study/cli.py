@@ -549,7 +549,8 @@ def cmd_train(args, log) -> int:
     finally:
         out.discard()
         run_log.setLevel(level)
-    log(f"summary:\n  held-out accuracy {result.heldout_accuracy}, train accuracy {result.train_accuracy:.4f}, "
+    heldout = "not measured (--n-eval 0)" if result.heldout_accuracy is None else f"{result.heldout_accuracy:.4f}"
+    log(f"summary:\n  held-out accuracy {heldout}, train accuracy {result.train_accuracy:.4f}, "
         f"{result.wall_seconds:.0f} s\nmodel:         {out.target}/\nwrote it in {time.perf_counter() - t0:.1f} s")
     return EXIT_OK
 
