@@ -222,6 +222,49 @@ def test_skittles_on_a_lane_are_hit_by_a_plank_not_a_ball():
 def test_bad_event_setting_is_refused(bad):
     with pytest.raises(ValueError, match="event_setting"):
         synthetic.render("marble", 0, event_setting=bad)
+    with pytest.raises(ValueError, match="putt_marbles"):
+        synthetic.render_pair("marble", 0, putt_marbles=bad)
+
+
+def test_a_putt_marble_is_the_putt_without_its_club():
+    """`putt_marbles` 1: the marble scene is golf_putt's, draw for draw (green, hole, ball, path, speeds), less the
+    club's two shapes. (The marble draws one number first, whether to be a putt, so golf's generator is advanced
+    by one draw to compare.)"""
+    t = synthetic._Time(16, 64, 64, 5, np.arange(16) / 15, 4 / 15)
+    for seed in range(10):
+        golf_rng = np.random.default_rng(seed)
+        golf_rng.uniform()
+        golf = synthetic._SCENES["golf_putt"](golf_rng, t)
+        marble = synthetic._SCENES["marble"](np.random.default_rng(seed), t, 0.0, 1.0)
+        table = synthetic._SCENES["marble"](np.random.default_rng(seed), t, 0.0, 0.0)
+        assert np.array_equal(golf.background, marble.background)
+        shapes = lambda scene: [(s.kind, s.params.tolist()) for s in scene.layout]  # noqa: E731
+        assert shapes(golf) == shapes(marble) and shapes(table) != shapes(marble)  # a green, not the framed table
+        for outcome_golf, outcome_marble in (("holed", "sunk"), ("missed", "passed")):
+            *club, ball = golf.build(outcome_golf)
+            (marble_ball,) = marble.build(outcome_marble)
+            assert [s.kind for s in club] == ["capsule", "rect"]
+            assert np.array_equal(ball.params, marble_ball.params) and np.array_equal(ball.alpha, marble_ball.alpha)
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_putt_marbles_move_marble_scenes_only_and_keep_the_pair_property(share):
+    for action in synthetic.ACTIONS:
+        for seed in range(4):
+            base = synthetic.render_pair(action, seed)
+            moved = synthetic.render_pair(action, seed, putt_marbles=share)
+            same = all(a.tobytes() == b.tobytes() for a, b in zip(base[:2], moved[:2]))
+            assert same == (action != "marble"), (action, seed)
+            if action == "marble":
+                clean, corrupt, spec = moved
+                d, (top, left, bottom, right) = spec.decisive_frame, spec.box
+                assert clean[:d].tobytes() == corrupt[:d].tobytes() and (clean != corrupt)[d:].any(axis=(1, 2, 3)).all()
+                changed = (clean != corrupt).any(-1)
+                assert changed[:, top:bottom, left:right].sum() == changed.sum()
+    x0, y0 = synthetic.dataset(24, seed=4)
+    x1, y1 = synthetic.dataset(24, seed=4, putt_marbles=share)
+    marbles = np.isin(y0, [synthetic.LABELS.index(c) for c in ("marble_sunk", "marble_passed")])
+    assert np.array_equal(y0, y1) and np.array_equal(x0[~marbles], x1[~marbles]) and not np.array_equal(x0, x1)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -126,9 +126,9 @@ def test_the_loss_sees_only_the_labels_dataset_gives(monkeypatch):
 
     made, real_dataset = {}, synthetic.dataset
 
-    def dataset(n, seed, frames, size, event_setting):
+    def dataset(n, seed, frames, size, **settings):
         made["x"], made["y"], made["specs"] = real_dataset(n, seed=seed, frames=frames, size=size, with_specs=True,
-                                                           event_setting=event_setting)
+                                                           **settings)
         return made["x"], made["y"]
 
     seen = []
@@ -157,6 +157,8 @@ def test_bad_settings_are_refused():
         TrainConfig(change_weight=1.0, change_cell=7)
     with pytest.raises(ValueError, match="event_setting"):
         TrainConfig(event_setting=2.0)
+    with pytest.raises(ValueError, match="putt_marbles"):
+        TrainConfig(putt_marbles=-0.5)
     for bad, match in (({"lr": -1.0}, "lr must be > 0"), ({"lr": float("nan")}, "lr must be > 0"),
                        ({"min_lr": 1.0}, "min_lr in"), ({"warmup": -3}, "warmup"), ({"threads": 0}, "threads"),
                        ({"probe_pairs": 3}, "probe_pairs"), ({"n_eval": -1}, "n_eval")):

@@ -345,12 +345,15 @@ def _bowling(rng: np.random.Generator, t: _Time, lane: bool = True, event_settin
     return _Scene(bg, layout, build)
 
 
-def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True, event_setting: float = 0.0) -> _Scene:
+def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True, event_setting: float = 0.0,
+               putt_marbles: float = 0.0) -> _Scene:
     """A putt on a striped green (`club`), or a marble: the same ball and hole on a bare framed table (or a
-    green), the ball rolling off by itself, with no club, into the hole or just past it."""
+    green), the ball rolling off by itself, with no club, into the hole or just past it. A marble drawn as a
+    putt (`putt_marbles`) is a putt without its club: the green, sizes, distances and speeds of golf_putt."""
     h, w, s, n = t.h, t.w, t.s, t.n
-    zoom = 1.0 if club else _event_zoom(rng, event_setting)
-    on_green = club or _in_setting(rng, event_setting)
+    as_putt = not club and bool(putt_marbles) and rng.uniform() < putt_marbles
+    zoom = 1.0 if club or as_putt else _event_zoom(rng, event_setting)
+    on_green = club or as_putt or _in_setting(rng, event_setting)
     green = _color(rng)
     hole_c, club_c = _contrast(rng, green, 0.35), _contrast(rng, green, 0.3)
     rim_c, ball_c = _contrast(rng, hole_c, 0.25), _distinct(rng, [green, hole_c], 0.45)
@@ -363,7 +366,7 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True, event_sett
     u_hit = min(rng.uniform(0.15, 0.25), t.ub / 2)
     stripe_w, stripe_a, vertical = s * rng.uniform(0.1, 0.2), rng.uniform(0.03, 0.08), rng.uniform() < 0.5
     near = r_hole + r_ball * rng.uniform(2.5, 3.5)  # distance to the hole at the branch
-    if not club:
+    if not club and not as_putt:
         # No backswing to leave room for, and a shorter approach, so that a zoomed-in marble still rolls a good
         # way toward the hole before the branch. (With the putt's spacing, a 2x marble started beside the hole,
         # or even beyond the branch point, and rolled *away* from it before the branch.)
@@ -387,7 +390,7 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True, event_sett
     l_b = length - near
     v_b = 0.9 * l_b / (t.ub - u_hit)  # the speed the ball arrives with at the branch
     v_b = max(v_b, 1.4 * near / (1 - t.ub))  # after it: fast enough that a holed ball is gone well before the end
-    if not club and event_setting:  # and a marble slow enough to be still on its way down at half the time left
+    if not club and event_setting and not as_putt:  # and a marble slow enough to be still on its way down at half the time left
         v_b = min(v_b, 2 * near / (1 - t.ub))
     pre = l_b * _ease(np.clip((t.u - u_hit) / (t.ub - u_hit), 0, None), 0.9)
     wp = t.wpost
@@ -580,17 +583,18 @@ def _rolling(rng: np.random.Generator, t: _Time) -> _Scene:
 _SCENES = {"bowling": _bowling, "golf_putt": _golf_putt, "juggling": _juggling,
            "swinging": _swinging, "sliding": _sliding, "rolling": _rolling,
            "skittles": lambda rng, t, event_setting=0.0: _bowling(rng, t, lane=False, event_setting=event_setting),
-           "marble": lambda rng, t, event_setting=0.0: _golf_putt(rng, t, club=False, event_setting=event_setting)}
+           "marble": lambda rng, t, event_setting=0.0, putt_marbles=0.0: _golf_putt(
+               rng, t, club=False, event_setting=event_setting, putt_marbles=putt_marbles)}
 assert tuple(_SCENES) == ACTIONS
 
 
 # ---------------------------------------------------------------------------------------------
 # Rendering.
 def _check(action: str, seed: int, frames: int, size: int | tuple[int, int],
-           event_setting: float = 0.0) -> tuple[int, int]:
-    if not isinstance(event_setting, (int, float, np.floating)) or isinstance(event_setting, bool) or \
-            not 0 <= event_setting <= 1:
-        raise ValueError(f"event_setting must be a number in [0, 1], got {event_setting!r}")
+           event_setting: float = 0.0, putt_marbles: float = 0.0) -> tuple[int, int]:
+    for name, share in (("event_setting", event_setting), ("putt_marbles", putt_marbles)):
+        if not isinstance(share, (int, float, np.floating)) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise ValueError(f"{name} must be a number in [0, 1], got {share!r}")
     if action not in OUTCOMES:
         raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -604,9 +608,10 @@ def _check(action: str, seed: int, frames: int, size: int | tuple[int, int],
 
 
 def _render(action: str, seed: int, outcomes: Sequence[str], frames: int,
-            size: int | tuple[int, int], event_setting: float = 0.0) -> tuple[list[Clip], dict]:
+            size: int | tuple[int, int], event_setting: float = 0.0, putt_marbles: float = 0.0,
+            ) -> tuple[list[Clip], dict]:
     """Render several outcomes of one seed; everything random is drawn before the outcome matters."""
-    h, w = _check(action, seed, frames, size, event_setting)
+    h, w = _check(action, seed, frames, size, event_setting, putt_marbles)
     for o in outcomes:
         if o not in OUTCOMES[action]:
             raise ValueError(f"unknown outcome {o!r} for {action!r}; expected one of {OUTCOMES[action]}")
@@ -614,7 +619,10 @@ def _render(action: str, seed: int, outcomes: Sequence[str], frames: int,
     d = int(np.clip(round(rng.uniform(*DECISIVE) * (frames - 1)), 2, frames - 2))
     u = np.arange(frames) / (frames - 1)
     tl = _Time(frames, h, w, d, u, (d - 1) / (frames - 1))
-    scene = _SCENES[action](rng, tl, event_setting) if action in EVENT_SCENES else _SCENES[action](rng, tl)
+    if action == "marble":
+        scene = _SCENES[action](rng, tl, event_setting, putt_marbles)
+    else:
+        scene = _SCENES[action](rng, tl, event_setting) if action in EVENT_SCENES else _SCENES[action](rng, tl)
 
     pad = max(1, round(min(h, w) / 64))  # camera jitter of up to `pad` pixels per frame
     shift = np.clip(np.round(rng.normal(0, rng.uniform(0, 0.7) * pad, (frames, 2))), -pad, pad).astype(int)
@@ -662,21 +670,22 @@ def _outcome_box(a: list[_Sprite], b: list[_Sprite], d: int, h: int, w: int, pad
 
 
 def render(action: str, seed: int, outcome: str | None = None, frames: int = 16,
-           size: int | tuple[int, int] = 64, event_setting: float = 0.0) -> tuple[Clip, ClipSpec]:
+           size: int | tuple[int, int] = 64, event_setting: float = 0.0, putt_marbles: float = 0.0,
+           ) -> tuple[Clip, ClipSpec]:
     """One clip, uint8 [frames, height, width, 3], and its spec. `outcome=None`: drawn from the seed.
-    `event_setting`: see EVENT_ZOOM (event scenes only; the action scenes do not depend on it)."""
-    _check(action, seed, frames, size, event_setting)
+    `event_setting`, `putt_marbles`: see EVENT_ZOOM (event scenes only; the action scenes do not depend on them)."""
+    _check(action, seed, frames, size, event_setting, putt_marbles)
     if outcome is None:
         outcome = OUTCOMES[action][int(np.random.default_rng([int(seed), ACTIONS.index(action), 1]).integers(2))]
-    (clip,), info = _render(action, seed, [outcome], frames, size, event_setting)
+    (clip,), info = _render(action, seed, [outcome], frames, size, event_setting, putt_marbles)
     return clip, ClipSpec(outcome=outcome, label=label_of(action, outcome), **info)
 
 
 def render_pair(action: str, seed: int, frames: int = 16, size: int | tuple[int, int] = 64,
-                event_setting: float = 0.0) -> tuple[Clip, Clip, PairSpec]:
+                event_setting: float = 0.0, putt_marbles: float = 0.0) -> tuple[Clip, Clip, PairSpec]:
     """(clean, corrupt, spec): the success and failure outcomes of one seed, identical before
     `spec.decisive_frame`. Clean = success, as in patching 'strike' activations into the 'gutter' run."""
-    (clean, corrupt), info = _render(action, seed, OUTCOMES[action], frames, size, event_setting)
+    (clean, corrupt), info = _render(action, seed, OUTCOMES[action], frames, size, event_setting, putt_marbles)
     ok, bad = OUTCOMES[action]
     return clean, corrupt, PairSpec(clean_outcome=ok, corrupt_outcome=bad, label=label_of(action, ok),
                                     corrupt_label=label_of(action, bad), **info)
@@ -709,7 +718,7 @@ def dataset_plan(n: int, seed: int = 0, actions: Sequence[str] = ACTIONS) -> lis
 
 def dataset(n: int, seed: int = 0, frames: int = 16, size: int | tuple[int, int] = 64,
             actions: Sequence[str] = ACTIONS, with_specs: bool = False, event_setting: float = 0.0,
-            ) -> tuple[UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"]] | tuple[
+            putt_marbles: float = 0.0) -> tuple[UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"]] | tuple[
                 UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"], list[ClipSpec]]:
     """`n` clips, uint8 [n, frames, h, w, 3], and int64 labels (index into LABELS), balanced over the
     classes of `actions` (counts differ by at most one) and shuffled; clip seeds drawn from `seed`.
@@ -717,11 +726,12 @@ def dataset(n: int, seed: int = 0, frames: int = 16, size: int | tuple[int, int]
     The label is all a training loss sees. For an action scene (bowling, golf_putt, ...) the outcome is
     drawn at random, independently of the label: the label says nothing about it. For an event scene
     the outcome is the class. `with_specs=True` also returns every clip's ClipSpec (outcomes, for probes).
-    `event_setting`: the share of event clips drawn in the actions' settings (see EVENT_ZOOM).
+    `event_setting`: the share of event clips drawn in the actions' settings; `putt_marbles`: the share of marble
+    clips drawn as a putt without its club (see EVENT_ZOOM).
     """
     clips, specs = [], []
     for action, outcome, clip_seed in dataset_plan(n, seed, actions):
-        clip, spec = render(action, clip_seed, outcome, frames, size, event_setting)
+        clip, spec = render(action, clip_seed, outcome, frames, size, event_setting, putt_marbles)
         clips.append(clip)
         specs.append(spec)
     x = np.stack(clips)

@@ -104,6 +104,8 @@ class TrainConfig:
     change_cell: int = 8
     # The share of event clips rendered in the actions' settings (synthetic.EVENT_ZOOM's note; 0: bare scenes).
     event_setting: float = 0.0
+    # The share of marble clips rendered as a putt without its club (synthetic.EVENT_ZOOM's note; 0: none).
+    putt_marbles: float = 0.0
     # A second stage: start from this folder's weights (a model this script wrote) instead of a fresh init.
     init_from: str | None = None
     # runtime
@@ -126,8 +128,9 @@ class TrainConfig:
         if self.change_weight and (self.change_cell < 1 or self.size % self.change_cell):
             raise ValueError(f"the change target needs size a multiple of change_cell, got {self.size} px and "
                              f"change_cell {self.change_cell}")
-        if not 0 <= self.event_setting <= 1:
-            raise ValueError(f"event_setting must be in [0, 1], got {self.event_setting}")
+        for name in ("event_setting", "putt_marbles"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.steps < 1 or self.batch_size < 1 or self.n_train < 1:
             raise ValueError("steps, batch_size and n_train must be >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0) or not 0 <= self.min_lr <= self.lr:
@@ -202,7 +205,7 @@ def init_weights_(model: HookedViViT, generator: torch.Generator, std: float) ->
 
 
 def heldout_clips(n: int, frames: int = 16, size: int = 64, start: int = HELDOUT_SEED, event_setting: float = 0.0,
-                  ) -> tuple[Clips, Int64[np.ndarray, " n"]]:
+                  putt_marbles: float = 0.0) -> tuple[Clips, Int64[np.ndarray, " n"]]:
     """`n` clips rendered from seeds `start, start + 1, ...` (>= 2**31 by default, so never a
     `synthetic.dataset` clip), classes in turn (balanced); an action scene's outcome is drawn from its seed."""
     if start < HELDOUT_SEED:
@@ -212,7 +215,7 @@ def heldout_clips(n: int, frames: int = 16, size: int = 64, start: int = HELDOUT
     for i in range(n):
         _, action, outcome = table[i % len(table)]
         clip, spec = synthetic.render(action, start + i, outcome=outcome, frames=frames, size=size,
-                                      event_setting=event_setting)
+                                      event_setting=event_setting, putt_marbles=putt_marbles)
         clips.append(clip)
         labels.append(spec.label)
     return np.stack(clips), np.array(labels, np.int64)
@@ -323,11 +326,12 @@ def train(tc: TrainConfig, data: tuple[Clips, np.ndarray] | None = None) -> Trai
         logger.info("rendering %d training clips (seed %d, %d frames, %dx%d)", tc.n_train, tc.seed, tc.frames,
                     tc.size, tc.size)
         data = synthetic.dataset(tc.n_train, seed=tc.seed, frames=tc.frames, size=tc.size,
-                                 event_setting=tc.event_setting)
+                                 event_setting=tc.event_setting, putt_marbles=tc.putt_marbles)
     x_train, y_train = data
     if len(x_train) < tc.batch_size:
         raise ValueError(f"the training set ({len(x_train)} clips) is smaller than one batch ({tc.batch_size})")
-    x_eval, y_eval = heldout_clips(tc.n_eval, tc.frames, tc.size, event_setting=tc.event_setting) \
+    x_eval, y_eval = heldout_clips(tc.n_eval, tc.frames, tc.size, event_setting=tc.event_setting,
+                                   putt_marbles=tc.putt_marbles) \
         if tc.n_eval else (None, None)
     monitor = {a: outcome_pairs(a, tc.probe_pairs, tc.frames, tc.size) for a in PROBE_DOMAINS} if tc.probe_pairs else {}
 
