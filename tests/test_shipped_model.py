@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,9 +54,33 @@ def test_training_record(model, record):
 
 @pytest.mark.xfail(strict=True, reason=(
     "target not reached as recorded: the four stages took 5003 s of wall time (1867 s + 2157 s with three other jobs on "
-    "the machine's 2 cores, then 827 s + 152 s on the quiet machine); the first two took 2708 s quiet for an earlier model"))
+    "the machine's 2 cores, then 827 s + 152 s on the quiet machine); a second training of the recipe, all on the quiet "
+    "machine, took 4223 s (benchmarks/results/second_training.json)"))
 def test_training_fits_in_an_hour(record):
     assert record.get("total_wall_seconds", record["wall_seconds"]) <= 60 * 60  # every stage of the recipe
+
+
+SECOND_TRAINING = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "second_training.json"
+
+
+def test_the_second_training_ran_the_shipped_recipe_with_other_seeds(record):
+    """benchmarks/RESULTS.md compares the shipped model with a second training: every stage's settings are the shipped
+    stage's (a setting the older records lack is at its default, off), only the seeds (and folders) differ, and its
+    training scenes never meet a measurement pair either."""
+    from vivit_lens.train import TrainConfig
+
+    second = json.loads(SECOND_TRAINING.read_text())
+    defaults = dataclasses.asdict(TrainConfig())
+    stages = [*record["earlier_stages"], record]
+    others = [*second["earlier_stages"], second]
+    assert len(stages) == len(others) == 4
+    for ours, theirs in zip(stages, others):
+        a, b = ours["train_config"], theirs["train_config"]
+        assert {k: a.get(k, defaults[k]) for k in b if k not in ("seed", "init_from")} == \
+            {k: v for k, v in b.items() if k not in ("seed", "init_from")}
+        assert a["seed"] != b["seed"] and bool(a["init_from"]) == bool(b["init_from"])
+    assert not training_scenes_measured(second)
+    assert second["total_wall_seconds"] == pytest.approx(sum(st["wall_seconds"] for st in others), abs=0.2)
 
 
 def test_heldout_accuracy_on_freshly_generated_clips(model):

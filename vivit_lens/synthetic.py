@@ -63,6 +63,9 @@ EVENT_ZOOM = (1.0, 2.0)
 # 2 and 4. Skittles on a lane have no gutters and are pushed by a plank, so that they can be told from bowling.
 # Measured (benchmarks/RESULTS.md): its third stage, at 0.5, raised the bowling probe but made strikes look like
 # toppled skittles to the classifier; the fourth, back at 0, took that confusion away and kept the probe.
+# `putt_marbles` (render / dataset): the share of marble clips drawn as a putt without its club (golf_putt's green,
+# sizes, path and speeds, draw for draw). 0 (the default) draws none. Measured (benchmarks/RESULTS.md): a fifth
+# stage with 0.5 did not teach the model a putt's outcome; it is kept as an option, and is in no shipped stage.
 # Where in the clip (fraction of its length) the outcome is decided: early enough that the outcome stays on screen
 # for most of the clip (with the outcome decided at 40-60%, a small ViViT did not learn to see it in our budget).
 DECISIVE = (0.25, 0.4)
@@ -390,7 +393,8 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True, event_sett
     l_b = length - near
     v_b = 0.9 * l_b / (t.ub - u_hit)  # the speed the ball arrives with at the branch
     v_b = max(v_b, 1.4 * near / (1 - t.ub))  # after it: fast enough that a holed ball is gone well before the end
-    if not club and event_setting and not as_putt:  # and a marble slow enough to be still on its way down at half the time left
+    if not club and event_setting and not as_putt:  # and a marble slow enough to be still on its way down at half
+        # the time left
         v_b = min(v_b, 2 * near / (1 - t.ub))
     pre = l_b * _ease(np.clip((t.u - u_hit) / (t.ub - u_hit), 0, None), 0.9)
     wp = t.wpost
@@ -718,7 +722,8 @@ def dataset_plan(n: int, seed: int = 0, actions: Sequence[str] = ACTIONS) -> lis
 
 def dataset(n: int, seed: int = 0, frames: int = 16, size: int | tuple[int, int] = 64,
             actions: Sequence[str] = ACTIONS, with_specs: bool = False, event_setting: float = 0.0,
-            putt_marbles: float = 0.0) -> tuple[UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"]] | tuple[
+            putt_marbles: float = 0.0,
+            ) -> tuple[UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"]] | tuple[
                 UInt8[np.ndarray, "n frames height width 3"], Int64[np.ndarray, " n"], list[ClipSpec]]:
     """`n` clips, uint8 [n, frames, h, w, 3], and int64 labels (index into LABELS), balanced over the
     classes of `actions` (counts differ by at most one) and shuffled; clip seeds drawn from `seed`.
