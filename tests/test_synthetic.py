@@ -173,6 +173,14 @@ def test_classes_are_separable_by_motion_but_not_by_colour():
     assert colour < 2 * chance, f"mean colour alone should not give the class away: {colour:.2f}"
 
 
+def _assert_minimal_pair(clean, corrupt, spec):
+    """Identical before the decisive frame, different in every frame from it on, and only inside `spec.box`."""
+    d, (top, left, bottom, right) = spec.decisive_frame, spec.box
+    assert clean[:d].tobytes() == corrupt[:d].tobytes() and (clean != corrupt)[d:].any(axis=(1, 2, 3)).all()
+    changed = (clean != corrupt).any(-1)
+    assert changed[:, top:bottom, left:right].sum() == changed.sum()
+
+
 @pytest.mark.parametrize("event_setting", [0.5, 1.0])
 def test_event_setting_moves_event_scenes_only_and_keeps_the_pair_property(event_setting):
     """`event_setting` redraws the event scenes (skittles on a lane, marbles on a green, half at 1x) and leaves
@@ -184,11 +192,7 @@ def test_event_setting_moves_event_scenes_only_and_keeps_the_pair_property(event
             same = all(a.tobytes() == b.tobytes() for a, b in zip(base[:2], moved[:2]))
             assert same == (action not in synthetic.EVENT_SCENES), (action, seed)
             if action in synthetic.EVENT_SCENES:
-                clean, corrupt, spec = moved
-                d, (top, left, bottom, right) = spec.decisive_frame, spec.box
-                assert clean[:d].tobytes() == corrupt[:d].tobytes() and (clean != corrupt)[d:].any(axis=(1, 2, 3)).all()
-                changed = (clean != corrupt).any(-1)
-                assert changed[:, top:bottom, left:right].sum() == changed.sum()
+                _assert_minimal_pair(*moved)
     x0, y0 = synthetic.dataset(20, seed=4)
     x1, y1 = synthetic.dataset(20, seed=4, event_setting=event_setting)
     events = np.isin(y0, [label for label, _, outcome in synthetic.classes() if outcome])
@@ -256,11 +260,7 @@ def test_putt_marbles_move_marble_scenes_only_and_keep_the_pair_property(share):
             same = all(a.tobytes() == b.tobytes() for a, b in zip(base[:2], moved[:2]))
             assert same == (action != "marble"), (action, seed)
             if action == "marble":
-                clean, corrupt, spec = moved
-                d, (top, left, bottom, right) = spec.decisive_frame, spec.box
-                assert clean[:d].tobytes() == corrupt[:d].tobytes() and (clean != corrupt)[d:].any(axis=(1, 2, 3)).all()
-                changed = (clean != corrupt).any(-1)
-                assert changed[:, top:bottom, left:right].sum() == changed.sum()
+                _assert_minimal_pair(*moved)
     x0, y0 = synthetic.dataset(24, seed=4)
     x1, y1 = synthetic.dataset(24, seed=4, putt_marbles=share)
     marbles = np.isin(y0, [synthetic.LABELS.index(c) for c in ("marble_sunk", "marble_passed")])

@@ -393,8 +393,8 @@ def _golf_putt(rng: np.random.Generator, t: _Time, club: bool = True, event_sett
     l_b = length - near
     v_b = 0.9 * l_b / (t.ub - u_hit)  # the speed the ball arrives with at the branch
     v_b = max(v_b, 1.4 * near / (1 - t.ub))  # after it: fast enough that a holed ball is gone well before the end
-    if not club and event_setting and not as_putt:  # and a marble slow enough to be still on its way down at half
-        # the time left
+    # and a marble in the actions' setting slow enough to be still on its way down at half the time left
+    if not club and event_setting and not as_putt:
         v_b = min(v_b, 2 * near / (1 - t.ub))
     pre = l_b * _ease(np.clip((t.u - u_hit) / (t.ub - u_hit), 0, None), 0.9)
     wp = t.wpost
@@ -586,7 +586,9 @@ def _rolling(rng: np.random.Generator, t: _Time) -> _Scene:
 
 _SCENES = {"bowling": _bowling, "golf_putt": _golf_putt, "juggling": _juggling,
            "swinging": _swinging, "sliding": _sliding, "rolling": _rolling,
-           "skittles": lambda rng, t, event_setting=0.0: _bowling(rng, t, lane=False, event_setting=event_setting),
+           # The event scenes take both settings; putt_marbles concerns marbles only.
+           "skittles": lambda rng, t, event_setting=0.0, putt_marbles=0.0: _bowling(
+               rng, t, lane=False, event_setting=event_setting),
            "marble": lambda rng, t, event_setting=0.0, putt_marbles=0.0: _golf_putt(
                rng, t, club=False, event_setting=event_setting, putt_marbles=putt_marbles)}
 assert tuple(_SCENES) == ACTIONS
@@ -623,10 +625,8 @@ def _render(action: str, seed: int, outcomes: Sequence[str], frames: int,
     d = int(np.clip(round(rng.uniform(*DECISIVE) * (frames - 1)), 2, frames - 2))
     u = np.arange(frames) / (frames - 1)
     tl = _Time(frames, h, w, d, u, (d - 1) / (frames - 1))
-    if action == "marble":
-        scene = _SCENES[action](rng, tl, event_setting, putt_marbles)
-    else:
-        scene = _SCENES[action](rng, tl, event_setting) if action in EVENT_SCENES else _SCENES[action](rng, tl)
+    settings = (event_setting, putt_marbles) if action in EVENT_SCENES else ()
+    scene = _SCENES[action](rng, tl, *settings)
 
     pad = max(1, round(min(h, w) / 64))  # camera jitter of up to `pad` pixels per frame
     shift = np.clip(np.round(rng.normal(0, rng.uniform(0, 0.7) * pad, (frames, 2))), -pad, pad).astype(int)
