@@ -324,6 +324,9 @@ def test_numeric_and_dtype_guards(small_model):
     with pytest.raises(InputError, match=r"2 NaN or infinite value\(s\), first at clip 1, frame 5, channel 2 .*"
                                          r"frames affected: 5, 6"):  # fmt: skip
         m(bad)
+    huge = torch.full_like(x, 3e38)  # finite values whose sum overflows: the exact search runs and finds none
+    assert torch.isinf(huge.sum()) and torch.isfinite(huge).all()
+    m(huge, stop_at_layer=0)
 
     def to_double(t, hook):
         return t.double()

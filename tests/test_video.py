@@ -409,11 +409,13 @@ HF_CONFIGS = {
     "no-resize": dict(do_resize=False, crop_size={"height": 50, "width": 40}),
     "no-crop-no-norm": dict(do_center_crop=False, size={"shortest_edge": 17}, do_normalize=False),
     "no-rescale": dict(do_rescale=False, offset=False, resample=1),
+    # shortest edge 48: frames of 48 x w are not resized at all (PIL's same-size resize is a copy), others are
+    "same-size": dict(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 40}),
 }
 
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
-@pytest.mark.parametrize("h,w", [(48, 64), (37, 53), (64, 36), (240, 320), (256, 256), (100, 300), (31, 31)])
+@pytest.mark.parametrize("h,w", [(48, 64), (37, 53), (64, 36), (240, 320), (256, 256), (100, 300), (31, 31), (48, 48)])
 def test_preprocess_matches_vivit_image_processor(name, h, w):
     hf_kwargs = HF_CONFIGS[name]
     frames = np.random.default_rng(h * 1000 + w).integers(0, 256, (4, h, w, 3), dtype=np.uint8)

@@ -647,7 +647,10 @@ def _value_table(processor: ProcessorConfig) -> np.ndarray:
 
 
 def _preprocess_one(frames: Frames, processor: ProcessorConfig) -> Float[np.ndarray, "frames 3 crop_h crop_w"]:
-    if processor.do_resize:
+    # PIL's resize to the size a frame already has is a copy (Image.resize returns self.copy()), so frames of
+    # that size skip it: the same values, without the thread pool and the per-frame round trips through PIL.
+    same_size = resize_output_size(*frames.shape[1:3], processor.shortest_edge) == frames.shape[1:3]
+    if processor.do_resize and not same_size:
         frames = _resize(frames, processor)
     if processor.do_center_crop:
         frames = center_crop(frames, processor.crop_size)
