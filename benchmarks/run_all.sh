@@ -8,6 +8,7 @@ run() { local name=$1; shift; echo "== $*"; "$@" 2>&1 | tee "benchmarks/results/
 run model python benchmarks/bench_model.py
 run videomae python benchmarks/bench_videomae.py --reps 7
 run video python benchmarks/bench_video.py
+run train_step python benchmarks/bench_train_step.py --steps 20 --json benchmarks/results/train_step.json
 run paths python benchmarks/bench_paths.py --senders 3 --json benchmarks/results/paths.json
 run patching python benchmarks/bench_patching.py --layers 3,8
 run patching_full python benchmarks/bench_patching.py --layers all --no-second-ours   # about 32 minutes

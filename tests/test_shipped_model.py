@@ -55,7 +55,8 @@ def test_training_record(model, record):
 @pytest.mark.xfail(strict=True, reason=(
     "target not reached as recorded: the four stages took 5003 s of wall time (1867 s + 2157 s with three other jobs on "
     "the machine's 2 cores, then 827 s + 152 s on the quiet machine); a second training of the recipe, all on the quiet "
-    "machine, took 4223 s (benchmarks/results/second_training.json)"))
+    "machine, took 4223 s (benchmarks/results/second_training.json); both before the faster training step "
+    "(benchmarks/results/train_step.txt), which has not been timed on the whole recipe"))
 def test_training_fits_in_an_hour(record):
     assert record.get("total_wall_seconds", record["wall_seconds"]) <= 60 * 60  # every stage of the recipe
 
