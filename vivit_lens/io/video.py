@@ -603,6 +603,8 @@ def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int
 
 def _resize(frames: Frames, processor: ProcessorConfig) -> np.ndarray:
     h, w = resize_output_size(frames.shape[1], frames.shape[2], processor.shortest_edge)
+    if (h, w) == frames.shape[1:3]:  # PIL's resize to a frame's own size is a copy (Image.resize: self.copy())
+        return frames
 
     def one(frame: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(frame).resize((w, h), resample=processor.resample))
@@ -647,10 +649,7 @@ def _value_table(processor: ProcessorConfig) -> np.ndarray:
 
 
 def _preprocess_one(frames: Frames, processor: ProcessorConfig) -> Float[np.ndarray, "frames 3 crop_h crop_w"]:
-    # PIL's resize to the size a frame already has is a copy (Image.resize returns self.copy()), so frames of
-    # that size skip it: the same values, without the thread pool and the per-frame round trips through PIL.
-    same_size = resize_output_size(*frames.shape[1:3], processor.shortest_edge) == frames.shape[1:3]
-    if processor.do_resize and not same_size:
+    if processor.do_resize:
         frames = _resize(frames, processor)
     if processor.do_center_crop:
         frames = center_crop(frames, processor.crop_size)
