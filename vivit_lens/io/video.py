@@ -33,7 +33,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -378,10 +378,9 @@ def _window(index: _Index, start: Seconds | None, end: Seconds | None, path: Pat
 
 # Decoding -----------------------------------------------------------------------------------------
 def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
-    for side in frame.side_data:
-        if side.type == SideDataType.DISPLAYMATRIX:
-            return np.frombuffer(bytes(side), dtype=np.int32)
-    return None
+    # Looked up by type: PyAV < 18 iterates side data as SideData objects, PyAV >= 18 as a mapping's keys.
+    side = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    return None if side is None else np.frombuffer(bytes(side), dtype=np.int32)
 
 
 def _upright(frame: av.VideoFrame, rgb: np.ndarray) -> np.ndarray:
@@ -601,18 +600,22 @@ def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int
     return (new_long, shortest_edge) if width <= height else (shortest_edge, new_long)
 
 
-def _resize(frames: Frames, processor: ProcessorConfig) -> np.ndarray:
-    h, w = resize_output_size(frames.shape[1], frames.shape[2], processor.shortest_edge)
-    if (h, w) == frames.shape[1:3]:  # PIL's resize to a frame's own size is a copy (Image.resize: self.copy())
+def _needs_resize(frames: Frames, processor: ProcessorConfig) -> bool:
+    # PIL's resize to a frame's own size is a copy (Image.resize: self.copy()), so such frames are kept as they are.
+    size = resize_output_size(frames.shape[1], frames.shape[2], processor.shortest_edge)
+    return processor.do_resize and size != frames.shape[1:3]
+
+
+def _resize(frames: Frames, processor: ProcessorConfig, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+    """Frames resized as VivitImageProcessor does (PIL, frame by frame), on `pool`'s threads when one is given."""
+    if not _needs_resize(frames, processor):
         return frames
+    h, w = resize_output_size(frames.shape[1], frames.shape[2], processor.shortest_edge)
 
     def one(frame: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(frame).resize((w, h), resample=processor.resample))
 
-    if len(frames) == 1:
-        return one(frames[0])[None]
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
-        return np.stack(list(pool.map(one, frames)))
+    return np.stack(list(pool.map(one, frames)) if pool is not None else [one(f) for f in frames])
 
 
 def center_crop(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -648,9 +651,9 @@ def _value_table(processor: ProcessorConfig) -> np.ndarray:
     return np.ascontiguousarray(x.astype(np.float32).T)
 
 
-def _preprocess_one(frames: Frames, processor: ProcessorConfig) -> Float[np.ndarray, "frames 3 crop_h crop_w"]:
-    if processor.do_resize:
-        frames = _resize(frames, processor)
+def _preprocess_one(frames: Frames, processor: ProcessorConfig,
+                    pool: ThreadPoolExecutor | None = None) -> Float[np.ndarray, "frames 3 crop_h crop_w"]:
+    frames = _resize(frames, processor, pool)
     if processor.do_center_crop:
         frames = center_crop(frames, processor.crop_size)
     table = _value_table(processor)
@@ -672,7 +675,12 @@ def preprocess(video: Clip | np.ndarray | torch.Tensor | Sequence[Any],
     processor = ProcessorConfig() if processor is None else processor
     if not isinstance(processor, ProcessorConfig):
         raise TypeError(f"processor must be a vivit_lens.config.ProcessorConfig or None, got {type(processor)}")
-    outs = [_preprocess_one(v, processor) for v in _as_videos(video)]
+    videos = _as_videos(video)
+    # One thread pool for the whole call, and only when frames are really resized (PIL releases the GIL).
+    frames_to_resize = sum(len(v) for v in videos if _needs_resize(v, processor))
+    with (ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) if frames_to_resize > 1
+          else nullcontext()) as pool:
+        outs = [_preprocess_one(v, processor, pool) for v in videos]
     shapes = {o.shape for o in outs}
     if len(shapes) > 1:
         raise ValueError(f"videos of a batch must give the same shape, got {sorted(shapes)}")
