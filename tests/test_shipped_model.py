@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,27 @@ def test_training_record(model, record):
         model.cfg.num_frames, model.cfg.image_size[0], model.cfg.n_layers, model.cfg.n_heads)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "target not reached as recorded: the four stages took 5003 s of wall time (1867 s + 2157 s with three other jobs on "
-    "the machine's 2 cores, then 827 s + 152 s on the quiet machine); a second training of the recipe, all on the quiet "
-    "machine, took 4223 s (benchmarks/results/second_training.json); both before the faster training step "
-    "(benchmarks/results/train_step.txt), which has not been timed on the whole recipe"))
-def test_training_fits_in_an_hour(record):
-    assert record.get("total_wall_seconds", record["wall_seconds"]) <= 60 * 60  # every stage of the recipe
+RECIPE_RERUN = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recipe_rerun.json"
+
+
+def _as_train_arguments(command: str) -> list[str]:
+    words = shlex.split(command, comments=True)
+    for prefix in (["python", "-m", "vivit_lens.train"], ["vivit-lens", "train"]):
+        if words[:len(prefix)] == prefix:
+            return [w for w in words[len(prefix):] if w != "--no-progress"]
+    return []
+
+
+def test_the_recipe_reruns_within_an_hour(record):
+    """benchmarks/rerun_recipe.py ran the recipe's training commands as training.json lists them, one after another;
+    its record says each stage ran those settings and how long the four took. (Its weights are not the shipped
+    ones: the rerun ran on another CPU, benchmarks/RESULTS.md.)"""
+    rerun = json.loads(RECIPE_RERUN.read_text())
+    recipe = [a for a in map(_as_train_arguments, record["recipe"]["commands"]) if a]
+    assert [_as_train_arguments(s["command"]) for s in rerun["stages"]] == recipe and len(recipe) == 4
+    assert all(s["train_config_as_shipped"] for s in rerun["stages"])
+    assert rerun["total_wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in rerun["stages"]), abs=0.2)
+    assert rerun["total_wall_seconds"] <= 60 * 60  # every stage of the recipe
 
 
 SECOND_TRAINING = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "second_training.json"

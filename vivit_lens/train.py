@@ -14,7 +14,9 @@ of the run (command, seed, steps, wall time, accuracies, versions).
 Seeds. `synthetic.dataset(n, seed)` draws each clip's render seed from [0, 2**31); held-out clips
 are rendered from seeds >= 2**31 (`HELDOUT_SEED`), so they can never coincide with a training clip.
 Reproducibility: the same seed gives bit-identical weights with the same torch version, thread
-count (`--threads`) and attention backend; elsewhere the run is statistically, not bitwise, the same.
+count (`--threads`), attention backend and kind of CPU; elsewhere the run is statistically, not bitwise, the same
+(on another CPU the shipped recipe's losses part from the record's within 100-225 steps, whatever MKL or ATen
+instruction set is forced: benchmarks/results/recipe_rerun.json).
 """
 
 from __future__ import annotations
@@ -407,6 +409,15 @@ def train(tc: TrainConfig, data: tuple[Clips, np.ndarray] | None = None) -> Trai
     return TrainResult(model, losses, train_acc, heldout_acc, heldout_loss, wall, history)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows: bitwise reproduction needs its kind."""
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def training_record(tc: TrainConfig, result: TrainResult, command: str | None = None) -> dict[str, Any]:
     """The JSON record of a run: what ran, on what, and what came out."""
     return {
@@ -440,7 +451,10 @@ def training_record(tc: TrainConfig, result: TrainResult, command: str | None = 
         "python_version": platform.python_version(),
         "threads": tc.threads,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "reproducibility": "bit-identical weights need the same torch version, thread count and attention backend",
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "reproducibility": "bit-identical weights need the same torch version, thread count, attention backend and "
+                           "kind of CPU",
     }
 
 
