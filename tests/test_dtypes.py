@@ -60,3 +60,17 @@ def test_each_dtype_is_within_its_precision_of_float64(dtype, pair, reference):
         err = (got[key] - ref[key]).abs().max().item()
         assert err <= tol, f"{dtype} {key} recovery: max |diff| {err:.3g} points > {tol:.3g}"
     assert got["steps"] == {"paths", "attribution", "ablation", "dla"}  # every step ran in this dtype
+
+
+def test_signal_recovery_of_half_precision_residuals_does_not_overflow():
+    """A [CLS] difference whose squared norm passes float16's largest value (65504) still gives the recovery that
+    float64 gives (it used to be inf / inf = NaN)."""
+    from vivit_lens.interp.metrics import SignalRecovery
+
+    g = torch.Generator().manual_seed(0)
+    clean, corrupt = 40 * torch.randn(1, 1, 64, generator=g), 40 * torch.randn(1, 1, 64, generator=g)
+    patched = corrupt + 0.3 * (clean - corrupt) + torch.randn(1, 1, 64, generator=g)
+    assert float(((clean - corrupt) ** 2).sum()) > 65504
+    half = SignalRecovery("blocks.0.hook_resid_post", (0,), clean.half(), corrupt.half())(patched.half())
+    ref = SignalRecovery("blocks.0.hook_resid_post", (0,), clean.double(), corrupt.double())(patched.half().double())
+    assert torch.isfinite(half).all() and float((half.double() - ref).abs().max()) < 0.5  # points of recovery

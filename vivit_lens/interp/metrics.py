@@ -135,7 +135,9 @@ class SignalRecovery(Metric):
         return cls(hook, pos, clean_cache[hook][:, sel], corrupt_cache[hook][:, sel], kind)
 
     def __call__(self, act: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch"]:
-        r = act[:, list(self.positions)].flatten(1)
+        # In float32 at least: in float16 the squared norm of a residual difference overflows past 65504 (measured: the
+        # shipped model's [CLS] difference at the last layer gave inf / inf = NaN).
+        r = act[:, list(self.positions)].flatten(1).to(torch.promote_types(act.dtype, torch.float32))
         clean, corrupt = self.clean.flatten(1).to(r), self.corrupt.flatten(1).to(r)
         delta = clean - corrupt
         if self.kind == "projection":
