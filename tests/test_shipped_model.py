@@ -47,7 +47,7 @@ def test_architecture_and_size(model):
 def test_training_record(model, record):
     assert record["n_parameters"] == sum(p.numel() for p in model.parameters())
     assert record["heldout_accuracy"] >= 0.85  # all ten classes; the event classes are the hard ones
-    assert record["command"].startswith("python -m vivit_lens.train")
+    assert record["command"].startswith(("python -m vivit_lens.train", "vivit-lens train"))
     tc = record["train_config"]
     assert (tc["frames"], tc["size"], tc["layers"], tc["heads"]) == (
         model.cfg.num_frames, model.cfg.image_size[0], model.cfg.n_layers, model.cfg.n_heads)
@@ -64,16 +64,27 @@ def _as_train_arguments(command: str) -> list[str]:
     return []
 
 
-def test_the_recipe_reruns_within_an_hour(record):
-    """benchmarks/rerun_recipe.py ran the recipe's training commands as training.json lists them, one after another;
-    its record says each stage ran those settings and how long the four took. (Its weights are not the shipped
-    ones: the rerun ran on another CPU, benchmarks/RESULTS.md.)"""
+def test_training_fits_in_an_hour(record):
+    assert record["total_wall_seconds"] <= 60 * 60  # every stage of the recipe, as recorded
+    assert record["total_wall_seconds"] == pytest.approx(
+        sum(st["wall_seconds"] for st in [*record["earlier_stages"], record]), abs=0.2)
+
+
+def test_the_shipped_weights_are_the_timed_rerun_of_the_recipe(record):
+    """benchmarks/rerun_recipe.py's record: the recipe's training commands as training.json lists them, settings as
+    shipped, and its last stage's weights are the shipped file (sha256); the weights shipped before it, from the same
+    commands on another CPU, were not (float rounding: benchmarks/RESULTS.md)."""
+    import hashlib
+
     rerun = json.loads(RECIPE_RERUN.read_text())
     recipe = [a for a in map(_as_train_arguments, record["recipe"]["commands"]) if a]
     assert [_as_train_arguments(s["command"]) for s in rerun["stages"]] == recipe and len(recipe) == 4
+    assert [_as_train_arguments(s["command"]) for s in [*record["earlier_stages"], record]] == recipe
     assert all(s["train_config_as_shipped"] for s in rerun["stages"])
-    assert rerun["total_wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in rerun["stages"]), abs=0.2)
-    assert rerun["total_wall_seconds"] <= 60 * 60  # every stage of the recipe
+    digest = hashlib.sha256((assets.tiny_model_path() / "model.safetensors").read_bytes()).hexdigest()
+    assert rerun["final_weights"]["sha256"] == digest != rerun["final_weights"]["shipped_sha256"]
+    assert [s["wall_seconds"] for s in rerun["stages"]] == [
+        s["wall_seconds"] for s in [*record["earlier_stages"], record]]
 
 
 SECOND_TRAINING = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "second_training.json"
@@ -107,7 +118,7 @@ def test_heldout_accuracy_on_freshly_generated_clips(model):
     per_class = {synthetic.LABELS[c]: float((top[y == c] == c).double().mean()) for c in np.unique(y)}
     print(f"\nshipped model: held-out accuracy {accuracy:.4f} ({FRESH_CLIPS} fresh clips), cross-entropy {loss:.4f}; "
           f"per class {per_class}")
-    assert accuracy >= 0.85  # all ten classes; measured 0.971, the skittles and marble classes lowest (0.83-0.96)
+    assert accuracy >= 0.85  # all ten classes; measured 0.9625, the skittles and marble classes lowest (0.83-1.00)
     assert all(per_class[a] >= 0.95 for a in synthetic.ACTIONS if a not in synthetic.EVENT_SCENES), per_class
 
 
@@ -194,8 +205,9 @@ def test_the_outcome_is_hidden_from_the_label(model, outcome_runs, action):
 @pytest.mark.parametrize("action", [
     "bowling",
     pytest.param("golf_putt", marks=pytest.mark.xfail(strict=True, reason=(
-        "target not reached: the shipped model reads the golf outcome at 0.58 [0.55, 0.60] (200 pairs): it tells sunk "
-        "from passed marbles (0.92-1.00), but what sees that does not fire inside golf clips"))),
+        "target not reached: the shipped model reads the golf outcome at 0.58 [0.555, 0.613] (200 pairs): it tells "
+        "sunk from passed marbles (0.92-1.00 of 24 fresh clips each), but what sees that does not fire inside golf "
+        "clips"))),
 ])
 def test_the_outcome_is_present_in_the_cls_residual(outcome_runs, action):
     """Grouped 5-fold probes over fresh pairs. The model before the outcome world never computed the outcome

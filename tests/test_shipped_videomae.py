@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from tests.conftest import max_diff
 from tests.test_shipped_model import DOMAINS, FRESH_CLIPS, FRESH_SEED, OUTCOME_SEED, training_scenes_measured
 from vivit_lens import HookedVideoMAE, analysis, assets, synthetic, video
 from vivit_lens.cli import main
-from vivit_lens.train import evaluate, heldout_clips
+from vivit_lens.train import TrainConfig, evaluate, heldout_clips
 
 HIDDEN_PAIRS = 50  # per domain, fresh
 
@@ -47,11 +48,13 @@ def test_the_recipe_is_the_vivits(record):
         return [s["train_config"] for s in [*r.get("earlier_stages", []), r]]
 
     ours, theirs = stages(record), stages(vivit)
+    defaults = dataclasses.asdict(TrainConfig())  # a setting an older record lacks was at its default (off)
     assert len(ours) == len(theirs) == 4
     for a, b in zip(ours, theirs):
         assert a["arch"] == "videomae" and b.get("arch", "vivit") == "vivit"
         skip = {"arch", "init_from", "change_weight", "change_cell", "event_setting", "threads"}
-        assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+        keys = (a.keys() | b.keys()) - skip
+        assert {k: a.get(k, defaults[k]) for k in keys} == {k: b.get(k, defaults[k]) for k in keys}
         assert (a["change_weight"], a["event_setting"]) == (b.get("change_weight", 0), b.get("event_setting", 0))
     assert record["heldout_accuracy"] >= 0.85
 
