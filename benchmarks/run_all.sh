@@ -17,6 +17,7 @@ run memory_full python benchmarks/bench_memory.py --json benchmarks/results/memo
 run dtypes python benchmarks/dtypes.py --json benchmarks/results/dtypes.json
 run ray python benchmarks/bench_ray.py --json benchmarks/results/ray.json
 run gpu_check python benchmarks/gpu_check.py --json benchmarks/results/gpu_check.json   # on a CPU: "no GPU found", small size
+run outcome_where python benchmarks/outcome_where.py
 run outcome_world python benchmarks/outcome_world.py --pairs 100 --probe-pairs 200 --json benchmarks/results/outcome_world.json
 run analyze bash -c 'cd "$(mktemp -d)" && /usr/bin/time -v vivit-lens analyze --no-progress 2>&1 | grep -E "Elapsed|Maximum resident"'
 run recipe_rerun python benchmarks/rerun_recipe.py --out "$(mktemp -d)" --json benchmarks/results/recipe_rerun.json
