@@ -600,17 +600,19 @@ def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int
     return (new_long, shortest_edge) if width <= height else (shortest_edge, new_long)
 
 
-def _needs_resize(frames: Frames, processor: ProcessorConfig) -> bool:
-    # PIL's resize to a frame's own size is a copy (Image.resize: self.copy()), so such frames are kept as they are.
+def _resize_size(frames: Frames, processor: ProcessorConfig) -> tuple[int, int] | None:
+    """The (height, width) the processor resizes `frames` to, or None where it leaves them as they are: no resize, or
+    one to the size they have (PIL's resize to a frame's own size is a copy: Image.resize's self.copy())."""
     size = resize_output_size(frames.shape[1], frames.shape[2], processor.shortest_edge)
-    return processor.do_resize and size != frames.shape[1:3]
+    return size if processor.do_resize and size != frames.shape[1:3] else None
 
 
 def _resize(frames: Frames, processor: ProcessorConfig, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
     """Frames resized as VivitImageProcessor does (PIL, frame by frame), on `pool`'s threads when one is given."""
-    if not _needs_resize(frames, processor):
+    size = _resize_size(frames, processor)
+    if size is None:
         return frames
-    h, w = resize_output_size(frames.shape[1], frames.shape[2], processor.shortest_edge)
+    h, w = size
 
     def one(frame: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(frame).resize((w, h), resample=processor.resample))
@@ -677,7 +679,7 @@ def preprocess(video: Clip | np.ndarray | torch.Tensor | Sequence[Any],
         raise TypeError(f"processor must be a vivit_lens.config.ProcessorConfig or None, got {type(processor)}")
     videos = _as_videos(video)
     # One thread pool for the whole call, and only when frames are really resized (PIL releases the GIL).
-    frames_to_resize = sum(len(v) for v in videos if _needs_resize(v, processor))
+    frames_to_resize = sum(len(v) for v in videos if _resize_size(v, processor) is not None)
     with (ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) if frames_to_resize > 1
           else nullcontext()) as pool:
         outs = [_preprocess_one(v, processor, pool) for v in videos]
