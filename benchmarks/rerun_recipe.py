@@ -9,7 +9,7 @@ one after another in `--out`, as written there (each stage `--init-from` the fol
 (held-out and training accuracy, held-out loss, the loss every 25 steps, the periodic evaluations and the outcome
 monitor) are compared with the shipped record's, and the last stage's weights with the shipped weights, tensor by
 tensor. Bit-identical weights need what `training.json` says under "reproducibility": the same torch version,
-thread count and attention backend. Run nothing else on the machine meanwhile: the times are the point.
+thread count, attention backend and kind of CPU. Run nothing else on the machine meanwhile: the times are the point.
 """
 
 from __future__ import annotations
@@ -29,20 +29,10 @@ import torch
 from safetensors.torch import load_file
 
 from vivit_lens.io.assets import tiny_model_path
-from vivit_lens.train import cpu_name
+from vivit_lens.train import cpu_name, recipe_arguments
 
 SCALARS = ("heldout_accuracy", "heldout_loss", "train_accuracy", "final_loss_mean_last_25")
 FIGURES = (*SCALARS, "loss_every_25_steps", "history")
-
-
-def train_commands(record: dict) -> list[list[str]]:
-    """The recipe's training stages as argument lists for `python -m vivit_lens.train`."""
-    out = []
-    for line in record["recipe"]["commands"]:
-        words = shlex.split(line, comments=True)
-        if words[:3] == ["python", "-m", "vivit_lens.train"]:
-            out.append(words[3:])
-    return out
 
 
 def sha256(path: Path) -> str:
@@ -52,7 +42,7 @@ def sha256(path: Path) -> str:
 def compare(out: Path, shipped_dir: Path, process_seconds: list[float | None]) -> dict:
     shipped = json.loads((shipped_dir / "training.json").read_text())
     shipped_stages = [*shipped.get("earlier_stages", []), shipped]
-    commands = train_commands(shipped)
+    commands = recipe_arguments(shipped)
     if len(commands) != len(shipped_stages):
         raise SystemExit(f"the recipe lists {len(commands)} training commands but the record {len(shipped_stages)} "
                          f"stages")
@@ -96,7 +86,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the comparison here")
     args = p.parse_args()
     out, shipped_dir = Path(args.out), tiny_model_path()
-    commands = train_commands(json.loads((shipped_dir / "training.json").read_text()))
+    commands = recipe_arguments(json.loads((shipped_dir / "training.json").read_text()))
     seconds: list[float | None] = [None] * len(commands)
     if not args.compare_only:
         out.mkdir(parents=True, exist_ok=True)

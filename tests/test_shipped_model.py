@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,8 @@ import torch
 from tests.conftest import max_diff
 from vivit_lens import HookedViViT, analysis, assets, synthetic, video
 from vivit_lens.probes import grouped_cv_probes
-from vivit_lens.train import HELDOUT_SEED, MONITOR_SEED, evaluate, heldout_clips
+from vivit_lens.train import (HELDOUT_SEED, MONITOR_SEED, evaluate, heldout_clips, recipe_arguments,
+                              train_arguments)
 
 FRESH_SEED = HELDOUT_SEED + 1_000_000  # neither a training clip nor one of training.json's held-out clips
 FRESH_CLIPS = 240
@@ -47,21 +47,13 @@ def test_architecture_and_size(model):
 def test_training_record(model, record):
     assert record["n_parameters"] == sum(p.numel() for p in model.parameters())
     assert record["heldout_accuracy"] >= 0.85  # all ten classes; the event classes are the hard ones
-    assert record["command"].startswith(("python -m vivit_lens.train", "vivit-lens train"))
+    assert train_arguments(record["command"]) is not None  # python -m vivit_lens.train ... or vivit-lens train ...
     tc = record["train_config"]
     assert (tc["frames"], tc["size"], tc["layers"], tc["heads"]) == (
         model.cfg.num_frames, model.cfg.image_size[0], model.cfg.n_layers, model.cfg.n_heads)
 
 
 RECIPE_RERUN = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recipe_rerun.json"
-
-
-def _as_train_arguments(command: str) -> list[str]:
-    words = shlex.split(command, comments=True)
-    for prefix in (["python", "-m", "vivit_lens.train"], ["vivit-lens", "train"]):
-        if words[:len(prefix)] == prefix:
-            return [w for w in words[len(prefix):] if w != "--no-progress"]
-    return []
 
 
 def test_training_fits_in_an_hour(record):
@@ -77,9 +69,9 @@ def test_the_shipped_weights_are_the_timed_rerun_of_the_recipe(record):
     import hashlib
 
     rerun = json.loads(RECIPE_RERUN.read_text())
-    recipe = [a for a in map(_as_train_arguments, record["recipe"]["commands"]) if a]
-    assert [_as_train_arguments(s["command"]) for s in rerun["stages"]] == recipe and len(recipe) == 4
-    assert [_as_train_arguments(s["command"]) for s in [*record["earlier_stages"], record]] == recipe
+    recipe = recipe_arguments(record)
+    assert [train_arguments(s["command"]) for s in rerun["stages"]] == recipe and len(recipe) == 4
+    assert [train_arguments(s["command"]) for s in [*record["earlier_stages"], record]] == recipe
     assert all(s["train_config_as_shipped"] for s in rerun["stages"])
     digest = hashlib.sha256((assets.tiny_model_path() / "model.safetensors").read_bytes()).hexdigest()
     assert rerun["final_weights"]["sha256"] == digest != rerun["final_weights"]["shipped_sha256"]

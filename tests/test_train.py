@@ -197,3 +197,15 @@ def test_cli_train_output_is_atomic(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["vivit-lens train: error: the training set (3 clips) is smaller than one batch (16)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
+def test_train_arguments_read_both_spellings_of_a_training_command():
+    from vivit_lens.train import recipe_arguments, train_arguments
+
+    line = "python -m vivit_lens.train --out s1 --seed 0 --no-progress"
+    assert train_arguments(line) == ["--out", "s1", "--seed", "0"]
+    assert train_arguments("vivit-lens train --out 'a b' --lr 1e-3") == ["--out", "a b", "--lr", "1e-3"]
+    assert train_arguments("python -m vivit_lens.assets   # the shipped pairs") is None
+    record = {"recipe": {"commands": ["vivit-lens train --out s1", "python benchmarks/x.py --record",
+                                      "python -m vivit_lens.train --out s2 --init-from s1  # stage 2"]}}
+    assert recipe_arguments(record) == [["--out", "s1"], ["--out", "s2", "--init-from", "s1"]]

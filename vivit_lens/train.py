@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -416,6 +417,24 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+TRAIN_COMMANDS = (("python", "-m", "vivit_lens.train"), ("vivit-lens", "train"))  # the same command, two spellings
+
+
+def train_arguments(command: str) -> list[str] | None:
+    """The arguments of a training command line (as a record's `command` or `recipe.commands` writes it), without
+    `--no-progress`, which changes no result; None for a line that is no training command."""
+    words = shlex.split(command, comments=True)
+    for prefix in TRAIN_COMMANDS:
+        if tuple(words[:len(prefix)]) == prefix:
+            return [w for w in words[len(prefix):] if w != "--no-progress"]
+    return None
+
+
+def recipe_arguments(record: dict[str, Any]) -> list[list[str]]:
+    """The arguments of every training stage of a record's `recipe.commands`, in order."""
+    return [a for a in map(train_arguments, record["recipe"]["commands"]) if a is not None]
 
 
 def training_record(tc: TrainConfig, result: TrainResult, command: str | None = None) -> dict[str, Any]:
