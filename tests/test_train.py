@@ -161,7 +161,8 @@ def test_bad_settings_are_refused():
         TrainConfig(putt_marbles=-0.5)
     for bad, match in (({"lr": -1.0}, "lr must be > 0"), ({"lr": float("nan")}, "lr must be > 0"),
                        ({"min_lr": 1.0}, "min_lr in"), ({"warmup": -3}, "warmup"), ({"threads": 0}, "threads"),
-                       ({"probe_pairs": 3}, "probe_pairs"), ({"n_eval": -1}, "n_eval")):
+                       ({"probe_pairs": 3}, "probe_pairs"), ({"n_eval": -1}, "n_eval"),
+                       ({"steps": 0}, "got steps 0, batch_size 16 and n_train 10000")):
         with pytest.raises(ValueError, match=match):  # before any rendering: AdamW would refuse lr < 0 only later
             TrainConfig(**bad)
     with pytest.raises(ValueError, match="smaller than one batch"):

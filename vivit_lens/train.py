@@ -135,7 +135,8 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.steps < 1 or self.batch_size < 1 or self.n_train < 1:
-            raise ValueError("steps, batch_size and n_train must be >= 1")
+            raise ValueError(f"steps, batch_size and n_train must be >= 1, got steps {self.steps}, batch_size "
+                             f"{self.batch_size} and n_train {self.n_train}")
         if not (math.isfinite(self.lr) and self.lr > 0) or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"lr must be > 0 and min_lr in [0, lr], got lr {self.lr} and min_lr {self.min_lr}")
         for name in ("warmup", "event_steps", "n_eval", "eval_every", "weight_decay", "grad_clip"):
